@@ -1,0 +1,108 @@
+//! The file as written: serde types that keep the location of every value that validation may
+//! have to point at.
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+pub(crate) type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub node: S<RawNode>,
+    #[serde(default)]
+    pub peers: Vec<S<RawPeer>>,
+    pub bgp: Option<S<RawBgp>>,
+    pub fib: Option<S<RawFib>>,
+    pub control: Option<S<RawControl>>,
+    pub metrics: Option<S<RawMetrics>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNode {
+    pub name: Option<S<String>>,
+    pub asn: S<i64>,
+    pub router_id: S<String>,
+    pub pod_cidrs: Option<S<Vec<S<String>>>>,
+    pub pod_cidrs_from: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPeer {
+    pub name: S<String>,
+    pub address: S<String>,
+    pub asn: S<i64>,
+    pub port: Option<S<i64>>,
+    pub local_address: Option<S<String>>,
+    #[serde(default)]
+    pub passive: bool,
+    pub hold_time: Option<S<i64>>,
+    pub keepalive: Option<S<i64>>,
+    pub connect_retry: Option<S<i64>>,
+    pub connect_retry_max: Option<S<i64>>,
+    pub password_file: Option<S<String>>,
+    pub multihop: Option<S<i64>>,
+    #[serde(default)]
+    pub gtsm: bool,
+    pub families: Option<S<Vec<S<String>>>>,
+    pub import: Option<S<RawImport>>,
+    pub next_hop_ipv4: Option<S<String>>,
+    pub next_hop_ipv6: Option<S<String>>,
+    pub graceful_restart: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawImport {
+    pub prefixes: Option<Vec<S<RawPrefixRule>>>,
+    pub max_prefixes: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPrefixRule {
+    pub prefix: S<String>,
+    pub ge: Option<S<i64>>,
+    pub le: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBgp {
+    pub listen_addresses: Option<Vec<S<String>>>,
+    pub listen_port: Option<S<i64>>,
+    pub graceful_restart: Option<S<RawGracefulRestart>>,
+    pub max_paths: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGracefulRestart {
+    pub enabled: Option<bool>,
+    pub restart_time: Option<S<i64>>,
+    pub stale_time: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFib {
+    pub protocol: Option<S<i64>>,
+    pub table: Option<S<i64>>,
+    pub enable_forwarding: Option<bool>,
+    pub own_cidr_route: Option<S<String>>,
+    pub metric: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawControl {
+    pub socket: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetrics {
+    pub address: Option<S<String>>,
+}

@@ -1,0 +1,595 @@
+//! From the file as written ([`crate::raw`]) to a validated [`Config`], collecting every problem
+//! with its location.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use serde_saphyr::{Location, Spanned};
+
+use crate::raw::*;
+use crate::*;
+
+struct Ctx<'a> {
+    file: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, at: Location, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.to_string(),
+            line: at.line(),
+            column: at.column(),
+            message: message.into(),
+        });
+    }
+
+    /// An integer within `lo..=hi`, or a problem at its location.
+    fn int<T: TryFrom<i64>>(
+        &mut self,
+        v: &Spanned<i64>,
+        lo: i64,
+        hi: i64,
+        what: &str,
+    ) -> Option<T> {
+        if v.value < lo || v.value > hi {
+            self.err(
+                v.referenced,
+                format!("{what} {} out of range ({lo}..={hi})", v.value),
+            );
+            return None;
+        }
+        T::try_from(v.value).ok()
+    }
+
+    fn opt_int<T: TryFrom<i64>>(
+        &mut self,
+        v: &Option<Spanned<i64>>,
+        lo: i64,
+        hi: i64,
+        what: &str,
+        default: T,
+    ) -> T {
+        match v {
+            Some(v) => self.int(v, lo, hi, what).unwrap_or(default),
+            None => default,
+        }
+    }
+
+    fn parse<T: FromStr>(&mut self, v: &Spanned<String>, what: &str) -> Option<T> {
+        match v.value.trim().parse() {
+            Ok(x) => Some(x),
+            Err(_) => {
+                self.err(v.referenced, format!("invalid {what} {:?}", v.value));
+                None
+            }
+        }
+    }
+
+    /// A CIDR whose host bits are all zero.
+    fn cidr(&mut self, v: &Spanned<String>, what: &str) -> Option<IpNet> {
+        let net: IpNet = self.parse(v, what)?;
+        if net.trunc() != net {
+            self.err(
+                v.referenced,
+                format!(
+                    "{what} {net} has host bits set (did you mean {}?)",
+                    net.trunc()
+                ),
+            );
+            return None;
+        }
+        Some(net)
+    }
+}
+
+/// The message of a decoder error, without the location prefix and snippet it renders.
+fn decoder_message(e: &serde_saphyr::Error) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("").trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // "line L column C: message"
+    if let Some(rest) = first.strip_prefix("line ")
+        && let Some((_, msg)) = rest.split_once(": ")
+    {
+        return msg.to_string();
+    }
+    first.to_string()
+}
+
+/// Validate a config given as text. `file` names it in problems; `base` resolves relative paths.
+pub fn parse_str(text: &str, file: &str, base: Option<&Path>) -> Result<Config, Error> {
+    let raw: RawConfig = match serde_saphyr::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            return Err(Error::Invalid {
+                problems: vec![Problem {
+                    file: file.to_string(),
+                    line: line.max(1),
+                    column: column.max(1),
+                    message: decoder_message(&e),
+                }],
+            });
+        }
+    };
+    let mut cx = Ctx {
+        file,
+        problems: Vec::new(),
+    };
+    let cfg = build(&mut cx, raw, base);
+    if cx.problems.is_empty() {
+        Ok(cfg)
+    } else {
+        cx.problems.sort_by_key(|p| (p.line, p.column));
+        Err(Error::Invalid {
+            problems: cx.problems,
+        })
+    }
+}
+
+fn build(cx: &mut Ctx<'_>, raw: RawConfig, base: Option<&Path>) -> Config {
+    let node = node(cx, &raw.node);
+    let bgp = bgp(cx, raw.bgp.as_ref());
+    let pod_cidrs = node.pod_cidrs.static_list().to_vec();
+    let mut peers = Vec::new();
+    let mut names: HashMap<String, Location> = HashMap::new();
+    let mut addrs: HashMap<IpAddr, Location> = HashMap::new();
+    for p in &raw.peers {
+        let Some(peer) = peer(cx, p, &bgp, &pod_cidrs, base) else {
+            continue;
+        };
+        if let Some(first) = names.get(&peer.name) {
+            let msg = format!(
+                "duplicate peer name {:?} (first at line {})",
+                peer.name,
+                first.line()
+            );
+            cx.err(p.value.name.referenced, msg);
+        } else {
+            names.insert(peer.name.clone(), p.value.name.referenced);
+        }
+        if let Some(first) = addrs.get(&peer.address) {
+            let msg = format!(
+                "duplicate peer address {} (first at line {})",
+                peer.address,
+                first.line()
+            );
+            cx.err(p.value.address.referenced, msg);
+        } else {
+            addrs.insert(peer.address, p.value.address.referenced);
+        }
+        peers.push(peer);
+    }
+    Config {
+        node,
+        peers,
+        bgp,
+        fib: fib(cx, raw.fib.as_ref()),
+        control: ControlConfig {
+            socket: raw
+                .control
+                .as_ref()
+                .and_then(|c| c.value.socket.as_ref())
+                .map(|s| PathBuf::from(&s.value))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+        },
+        metrics: MetricsConfig {
+            address: raw
+                .metrics
+                .as_ref()
+                .and_then(|m| m.value.address.as_ref())
+                .and_then(|a| cx.parse::<SocketAddr>(a, "metrics address (want ip:port)")),
+        },
+    }
+}
+
+fn asn(cx: &mut Ctx<'_>, v: &Spanned<i64>, what: &str) -> u32 {
+    let n = cx.int::<u32>(v, 1, u32::MAX as i64, what).unwrap_or(0);
+    if n == 23456 {
+        cx.err(
+            v.referenced,
+            format!("{what} 23456 is AS_TRANS (RFC 6793), not a real AS number"),
+        );
+    }
+    n
+}
+
+fn node(cx: &mut Ctx<'_>, raw: &Spanned<RawNode>) -> NodeConfig {
+    let n = &raw.value;
+    let asn = asn(cx, &n.asn, "node ASN");
+    let router_id = match cx.parse::<Ipv4Addr>(&n.router_id, "router_id (want an IPv4 address)") {
+        Some(id) if id.is_unspecified() || id.is_broadcast() || id.is_multicast() => {
+            cx.err(
+                n.router_id.referenced,
+                format!("router_id {id} is not a usable BGP identifier"),
+            );
+            id
+        }
+        Some(id) => id,
+        None => Ipv4Addr::UNSPECIFIED,
+    };
+    let pod_cidrs = match (&n.pod_cidrs, &n.pod_cidrs_from) {
+        (Some(_), Some(from)) => {
+            cx.err(
+                from.referenced,
+                "give either pod_cidrs or pod_cidrs_from, not both",
+            );
+            PodCidrs::Static(Vec::new())
+        }
+        (None, Some(from)) => {
+            if from.value != "kubernetes" {
+                cx.err(
+                    from.referenced,
+                    format!(
+                        "unknown pod_cidrs_from {:?} (the only source is \"kubernetes\")",
+                        from.value
+                    ),
+                );
+            }
+            PodCidrs::Kubernetes
+        }
+        (Some(list), None) => {
+            let mut out: Vec<IpNet> = Vec::new();
+            for c in &list.value {
+                let Some(net) = cx.cidr(c, "pod CIDR") else {
+                    continue;
+                };
+                if let Some(other) = out.iter().find(|o| o.contains(&net) || net.contains(*o)) {
+                    let msg = format!("pod CIDR {net} overlaps {other}");
+                    cx.err(c.referenced, msg);
+                    continue;
+                }
+                out.push(net);
+            }
+            if list.value.is_empty() {
+                cx.err(list.referenced, "pod_cidrs is empty");
+            }
+            PodCidrs::Static(out)
+        }
+        (None, None) => {
+            cx.err(
+                raw.referenced,
+                "missing field `pod_cidrs` (or `pod_cidrs_from: kubernetes`)",
+            );
+            PodCidrs::Static(Vec::new())
+        }
+    };
+    NodeConfig {
+        name: n.name.as_ref().map(|s| s.value.clone()),
+        asn,
+        router_id,
+        pod_cidrs,
+    }
+}
+
+fn bgp(cx: &mut Ctx<'_>, raw: Option<&Spanned<RawBgp>>) -> BgpConfig {
+    let mut out = BgpConfig {
+        listen_addresses: Vec::new(),
+        listen_port: BGP_PORT,
+        graceful_restart: GracefulRestartConfig {
+            enabled: true,
+            restart_time: 120,
+            stale_time: 360,
+        },
+        max_paths: 8,
+    };
+    let Some(raw) = raw else { return out };
+    let b = &raw.value;
+    if let Some(list) = &b.listen_addresses {
+        out.listen_addresses = list
+            .iter()
+            .filter_map(|a| cx.parse::<IpAddr>(a, "listen address"))
+            .collect();
+    }
+    out.listen_port = cx.opt_int(&b.listen_port, 0, 65535, "listen_port", BGP_PORT);
+    out.max_paths = cx.opt_int(&b.max_paths, 1, 64, "max_paths", 8);
+    if let Some(gr) = &b.graceful_restart {
+        let g = &gr.value;
+        out.graceful_restart.enabled = g.enabled.unwrap_or(true);
+        // RFC 4724: Restart Time is 12 bits.
+        out.graceful_restart.restart_time =
+            cx.opt_int(&g.restart_time, 1, 4095, "restart_time", 120);
+        out.graceful_restart.stale_time = cx.opt_int(&g.stale_time, 1, 65535, "stale_time", 360);
+    }
+    out
+}
+
+fn fib(cx: &mut Ctx<'_>, raw: Option<&Spanned<RawFib>>) -> FibConfig {
+    let mut out = FibConfig {
+        protocol: DEFAULT_FIB_PROTOCOL,
+        table: 254,
+        enable_forwarding: false,
+        own_cidr_route: OwnCidrRoute::Blackhole,
+        metric: 20,
+    };
+    let Some(raw) = raw else { return out };
+    let f = &raw.value;
+    if let Some(p) = &f.protocol {
+        // 0..=4 are the kernel's own (unspec, redirect, kernel, boot, static).
+        out.protocol = cx
+            .int(p, 5, 255, "fib protocol")
+            .unwrap_or(DEFAULT_FIB_PROTOCOL);
+        if let Some(owner) = well_known_protocol(out.protocol) {
+            cx.err(
+                p.referenced,
+                format!(
+                    "fib protocol {} belongs to {owner}: pick a number no other routing daemon on the node uses",
+                    out.protocol
+                ),
+            );
+        }
+    }
+    out.table = cx.opt_int(&f.table, 1, u32::MAX as i64, "fib table", 254);
+    out.enable_forwarding = f.enable_forwarding.unwrap_or(false);
+    out.metric = cx.opt_int(&f.metric, 0, u32::MAX as i64, "fib metric", 20);
+    if let Some(r) = &f.own_cidr_route {
+        out.own_cidr_route = match r.value.as_str() {
+            "blackhole" => OwnCidrRoute::Blackhole,
+            "unreachable" => OwnCidrRoute::Unreachable,
+            "none" => OwnCidrRoute::None,
+            other => {
+                cx.err(
+                    r.referenced,
+                    format!(
+                        "unknown own_cidr_route {other:?} (want blackhole, unreachable or none)"
+                    ),
+                );
+                OwnCidrRoute::Blackhole
+            }
+        };
+    }
+    out
+}
+
+/// Protocol numbers from /etc/iproute2/rt_protos that other daemons use.
+fn well_known_protocol(n: u8) -> Option<&'static str> {
+    Some(match n {
+        8 => "gated",
+        9 => "ra",
+        10 => "mrt",
+        11 => "zebra",
+        12 => "bird",
+        13 => "dnrouted",
+        14 => "xorp",
+        15 => "ntk",
+        16 => "dhcp",
+        42 => "babel",
+        186 => "bgp (FRR)",
+        187 => "isis (FRR)",
+        188 => "ospf (FRR)",
+        189 => "rip (FRR)",
+        192 => "eigrp (FRR)",
+        _ => return None,
+    })
+}
+
+fn peer(
+    cx: &mut Ctx<'_>,
+    raw: &Spanned<RawPeer>,
+    bgp: &BgpConfig,
+    pod_cidrs: &[IpNet],
+    base: Option<&Path>,
+) -> Option<PeerConfig> {
+    let p = &raw.value;
+    let before = cx.problems.len();
+    if p.name.value.is_empty() {
+        cx.err(p.name.referenced, "peer name is empty");
+    }
+    let address = cx.parse::<IpAddr>(&p.address, "peer address");
+    if let Some(a) = address
+        && (a.is_unspecified() || a.is_multicast())
+    {
+        cx.err(
+            p.address.referenced,
+            format!("peer address {a} is not a unicast address"),
+        );
+    }
+    let peer_asn = asn(cx, &p.asn, "peer ASN");
+    let port = cx.opt_int(&p.port, 1, 65535, "port", BGP_PORT);
+    let local_address = p
+        .local_address
+        .as_ref()
+        .and_then(|a| cx.parse::<IpAddr>(a, "local_address"));
+    if let (Some(l), Some(a)) = (local_address, address)
+        && l.is_ipv4() != a.is_ipv4()
+    {
+        cx.err(
+            p.local_address
+                .as_ref()
+                .map(|s| s.referenced)
+                .unwrap_or(raw.referenced),
+            format!("local_address {l} and peer address {a} are of different families"),
+        );
+    }
+    let hold_time: u16 = cx.opt_int(&p.hold_time, 0, 65535, "hold_time", 90);
+    if (1..3).contains(&hold_time) {
+        cx.err(
+            p.hold_time
+                .as_ref()
+                .map(|h| h.referenced)
+                .unwrap_or(raw.referenced),
+            format!("hold_time {hold_time} is not allowed: 0 or at least 3 seconds (RFC 4271 4.2)"),
+        );
+    }
+    let keepalive = match &p.keepalive {
+        Some(k) => {
+            let v: u16 = cx.int(k, 0, 21845, "keepalive").unwrap_or(hold_time / 3);
+            if hold_time > 0 && v >= hold_time {
+                cx.err(
+                    k.referenced,
+                    format!("keepalive {v} must be less than hold_time {hold_time}"),
+                );
+            }
+            if hold_time > 0 && v == 0 {
+                cx.err(k.referenced, "keepalive 0 needs hold_time 0");
+            }
+            v
+        }
+        None => hold_time / 3,
+    };
+    let connect_retry = cx.opt_int(&p.connect_retry, 1, 3600, "connect_retry", 5);
+    let connect_retry_max = cx.opt_int(
+        &p.connect_retry_max,
+        connect_retry as i64,
+        3600,
+        "connect_retry_max",
+        connect_retry.max(60),
+    );
+    let password_file = p.password_file.as_ref().map(|f| {
+        let path = PathBuf::from(&f.value);
+        match base {
+            Some(b) if path.is_relative() => b.join(path),
+            _ => path,
+        }
+    });
+    let multihop = p
+        .multihop
+        .as_ref()
+        .and_then(|m| cx.int::<u8>(m, 1, 255, "multihop"));
+    let families = match &p.families {
+        None => {
+            // Default: the families of the node's pod CIDRs, or the session's own.
+            let mut f: Vec<Family> = pod_cidrs.iter().map(Family::of).collect();
+            if f.is_empty() {
+                f.push(match address {
+                    Some(IpAddr::V6(_)) => Family::Ipv6,
+                    _ => Family::Ipv4,
+                });
+            }
+            f.sort();
+            f.dedup();
+            f
+        }
+        Some(list) => {
+            let mut out = Vec::new();
+            for f in &list.value {
+                let fam = match f.value.as_str() {
+                    "ipv4" => Family::Ipv4,
+                    "ipv6" => Family::Ipv6,
+                    other => {
+                        cx.err(
+                            f.referenced,
+                            format!("unknown family {other:?} (want ipv4 or ipv6)"),
+                        );
+                        continue;
+                    }
+                };
+                if out.contains(&fam) {
+                    cx.err(f.referenced, format!("family {fam} listed twice"));
+                } else {
+                    out.push(fam);
+                }
+            }
+            if list.value.is_empty() {
+                cx.err(list.referenced, "families is empty");
+            }
+            out
+        }
+    };
+    let import = match &p.import {
+        None => ImportPolicy::default(),
+        Some(imp) => import(cx, &imp.value),
+    };
+    let next_hop_ipv4 = p
+        .next_hop_ipv4
+        .as_ref()
+        .and_then(|a| cx.parse::<Ipv4Addr>(a, "next_hop_ipv4"));
+    let next_hop_ipv6 = p
+        .next_hop_ipv6
+        .as_ref()
+        .and_then(|a| cx.parse::<Ipv6Addr>(a, "next_hop_ipv6"));
+    if cx.problems.len() > before {
+        return None;
+    }
+    Some(PeerConfig {
+        name: p.name.value.clone(),
+        address: address?,
+        port,
+        asn: peer_asn,
+        local_address,
+        passive: p.passive,
+        hold_time,
+        keepalive,
+        connect_retry,
+        connect_retry_max,
+        password_file,
+        multihop,
+        gtsm: p.gtsm,
+        families,
+        import,
+        next_hop_ipv4,
+        next_hop_ipv6,
+        graceful_restart: p.graceful_restart.unwrap_or(bgp.graceful_restart.enabled),
+    })
+}
+
+fn import(cx: &mut Ctx<'_>, raw: &RawImport) -> ImportPolicy {
+    let prefixes = raw.prefixes.as_ref().map(|list| {
+        list.iter()
+            .filter_map(|r| prefix_rule(cx, &r.value))
+            .collect()
+    });
+    let max_prefixes = raw
+        .max_prefixes
+        .as_ref()
+        .and_then(|m| cx.int::<u32>(m, 1, u32::MAX as i64, "max_prefixes"));
+    ImportPolicy {
+        prefixes,
+        max_prefixes,
+    }
+}
+
+fn prefix_rule(cx: &mut Ctx<'_>, r: &RawPrefixRule) -> Option<PrefixRule> {
+    let prefix = cx.cidr(&r.prefix, "prefix")?;
+    let len = prefix.prefix_len();
+    let max = prefix.max_prefix_len();
+    let bound = |cx: &mut Ctx<'_>, v: &Option<Spanned<i64>>, what: &str, default: u8| match v {
+        None => Some(default),
+        Some(b) => {
+            if b.value < len as i64 {
+                cx.err(
+                    b.referenced,
+                    format!(
+                        "{what} {} is less than the prefix length {len} of {prefix}",
+                        b.value
+                    ),
+                );
+                None
+            } else if b.value > max as i64 {
+                cx.err(
+                    b.referenced,
+                    format!(
+                        "{what} {} is more than {max}, the longest {} prefix",
+                        b.value,
+                        if max == 32 { "IPv4" } else { "IPv6" }
+                    ),
+                );
+                None
+            } else {
+                Some(b.value as u8)
+            }
+        }
+    };
+    let ge = bound(cx, &r.ge, "ge", len)?;
+    // `le` defaults to the prefix length (exact match) unless `ge` is given, in which case up
+    // to the longest length, as in a router's prefix list.
+    let le_default = if r.ge.is_some() { max } else { len };
+    let le = bound(cx, &r.le, "le", le_default)?;
+    if ge > le {
+        cx.err(
+            r.ge.as_ref()
+                .map(|g| g.referenced)
+                .unwrap_or(r.prefix.referenced),
+            format!("ge {ge} is greater than le {le}"),
+        );
+        return None;
+    }
+    Some(PrefixRule { prefix, ge, le })
+}

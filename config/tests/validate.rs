@@ -1,0 +1,195 @@
+//! The config file: the issue's example as written, defaults, and one test per kind of problem,
+//! each checking the exact `file:line:col: message`.
+
+use petrel_config::{Family, OwnCidrRoute, PodCidrs, load, parse_str};
+
+fn problems(text: &str) -> Vec<String> {
+    match parse_str(text, "p.yaml", None) {
+        Ok(_) => panic!("expected problems in:\n{text}"),
+        Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+const HEAD: &str = "node:\n  asn: 65002\n  router_id: 192.0.2.2\n  pod_cidrs: [10.244.2.0/24]\n";
+
+#[test]
+fn issue_example_is_accepted_as_written() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/issue-example.yaml");
+    let cfg = load(path).unwrap();
+    assert_eq!(cfg.node.asn, 65002);
+    assert_eq!(cfg.node.router_id.to_string(), "192.0.2.2");
+    assert_eq!(
+        cfg.node.pod_cidrs,
+        PodCidrs::Static(vec![
+            "10.244.2.0/24".parse().unwrap(),
+            "fd00:10:244:2::/64".parse().unwrap()
+        ])
+    );
+    let tor = &cfg.peers[0];
+    assert_eq!(tor.name, "tor");
+    assert_eq!(tor.asn, 65001);
+    assert!(!tor.is_ibgp(cfg.node.asn));
+    assert_eq!((tor.hold_time, tor.keepalive), (9, 3));
+    assert_eq!(tor.families, vec![Family::Ipv4, Family::Ipv6]);
+    assert_eq!(
+        tor.password_file.as_deref(),
+        Some(std::path::Path::new("/etc/petrel/tor.key"))
+    );
+    let rules = tor.import.prefixes.as_ref().unwrap();
+    assert_eq!(rules.len(), 2);
+    assert!(rules[0].matches(&"198.51.100.0/24".parse().unwrap()));
+    assert!(rules[1].matches(&"2001:db8::/48".parse().unwrap()));
+    assert_eq!(tor.import.max_prefixes, Some(2_000_000));
+    assert_eq!(cfg.fib.protocol, 200);
+    assert_eq!(cfg.fib.own_cidr_route, OwnCidrRoute::Blackhole);
+    assert!(!cfg.fib.enable_forwarding);
+    assert_eq!(cfg.control.socket.to_str(), Some("/run/petrel/petrel.sock"));
+    assert_eq!(cfg.metrics.address, None);
+    assert!(cfg.summary().starts_with("ok: AS65002 router-id 192.0.2.2"));
+}
+
+#[test]
+fn defaults_ibgp_and_no_import_policy() {
+    let cfg = parse_str(
+        &format!("{HEAD}peers:\n  - name: n3\n    address: 192.0.2.3\n    asn: 65002\n"),
+        "p.yaml",
+        None,
+    )
+    .unwrap();
+    let p = &cfg.peers[0];
+    assert!(p.is_ibgp(65002));
+    assert_eq!(
+        p.import.prefixes, None,
+        "no policy given: the speaker decides by session type"
+    );
+    assert_eq!((p.hold_time, p.keepalive, p.port), (90, 30, 179));
+    assert_eq!(p.families, vec![Family::Ipv4]);
+    assert!(p.graceful_restart);
+}
+
+#[test]
+fn unknown_key() {
+    assert_eq!(
+        problems(&format!("{HEAD}  colour: blue\n")),
+        [
+            "p.yaml:5:3: unknown field `colour`, expected one of name, asn, router_id, pod_cidrs, pod_cidrs_from"
+        ]
+    );
+}
+
+#[test]
+fn missing_field() {
+    assert_eq!(
+        problems("node:\n  router_id: 192.0.2.2\n  pod_cidrs: [10.0.0.0/24]\n"),
+        ["p.yaml:3:3: missing field `asn`"]
+    );
+}
+
+#[test]
+fn bad_cidr_and_host_bits_and_overlap() {
+    let text = "node:\n  asn: 65002\n  router_id: 192.0.2.2\n  pod_cidrs: [10.244.2.1/24, 10.244.300.0/24, 10.244.0.0/16, 10.244.2.0/25]\n";
+    assert_eq!(
+        problems(text),
+        [
+            "p.yaml:4:15: pod CIDR 10.244.2.1/24 has host bits set (did you mean 10.244.2.0/24?)",
+            "p.yaml:4:30: invalid pod CIDR \"10.244.300.0/24\"",
+            "p.yaml:4:62: pod CIDR 10.244.2.0/25 overlaps 10.244.0.0/16",
+        ]
+    );
+}
+
+#[test]
+fn asn_out_of_range() {
+    let text = format!(
+        "{HEAD}peers:\n  - name: a\n    address: 192.0.2.1\n    asn: 4294967296\n  - name: b\n    address: 192.0.2.3\n    asn: 0\n  - name: c\n    address: 192.0.2.4\n    asn: 23456\n"
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "p.yaml:8:10: peer ASN 4294967296 out of range (1..=4294967295)",
+            "p.yaml:11:10: peer ASN 0 out of range (1..=4294967295)",
+            "p.yaml:14:10: peer ASN 23456 is AS_TRANS (RFC 6793), not a real AS number",
+        ]
+    );
+}
+
+#[test]
+fn duplicate_peer() {
+    let text = format!(
+        "{HEAD}peers:\n  - name: tor\n    address: 192.0.2.1\n    asn: 65001\n  - name: tor\n    address: 192.0.2.1\n    asn: 65003\n"
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "p.yaml:9:11: duplicate peer name \"tor\" (first at line 6)",
+            "p.yaml:10:14: duplicate peer address 192.0.2.1 (first at line 7)",
+        ]
+    );
+}
+
+#[test]
+fn prefix_rule_bounds() {
+    let text = format!(
+        "{HEAD}peers:\n  - name: tor\n    address: 192.0.2.1\n    asn: 65001\n    import:\n      prefixes:\n        - {{ prefix: 10.0.0.0/16, le: 8 }}\n        - {{ prefix: 10.0.0.0/16, ge: 24, le: 20 }}\n        - {{ prefix: \"2001:db8::/32\", le: 129 }}\n"
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "p.yaml:11:38: le 8 is less than the prefix length 16 of 10.0.0.0/16",
+            "p.yaml:12:38: ge 24 is greater than le 20",
+            "p.yaml:13:42: le 129 is more than 128, the longest IPv6 prefix",
+        ]
+    );
+}
+
+#[test]
+fn hold_time_keepalive_and_family() {
+    let text = format!(
+        "{HEAD}peers:\n  - name: tor\n    address: 192.0.2.1\n    asn: 65001\n    hold_time: 2\n    families: [ipv4, ipv5]\n  - name: b\n    address: 192.0.2.3\n    asn: 65001\n    hold_time: 9\n    keepalive: 9\n"
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "p.yaml:9:16: hold_time 2 is not allowed: 0 or at least 3 seconds (RFC 4271 4.2)",
+            "p.yaml:10:22: unknown family \"ipv5\" (want ipv4 or ipv6)",
+            "p.yaml:15:16: keepalive 9 must be less than hold_time 9",
+        ]
+    );
+}
+
+#[test]
+fn syntax_error_has_location() {
+    assert_eq!(
+        problems("node:\n  asn: 65002\n  pod_cidrs: [10.0.0.0/24, \"fd00::/64]\n"),
+        ["p.yaml:3:28: unclosed quote"]
+    );
+}
+
+#[test]
+fn fib_protocol_of_another_daemon() {
+    assert_eq!(
+        problems(&format!("{HEAD}fib:\n  protocol: 12\n")),
+        [
+            "p.yaml:6:13: fib protocol 12 belongs to bird: pick a number no other routing daemon on the node uses"
+        ]
+    );
+    assert_eq!(
+        problems(&format!("{HEAD}fib:\n  protocol: 3\n")),
+        ["p.yaml:6:13: fib protocol 3 out of range (5..=255)"]
+    );
+}
+
+#[test]
+fn kubernetes_mode() {
+    let cfg = parse_str(
+        "node:\n  asn: 65002\n  router_id: 192.0.2.2\n  pod_cidrs_from: kubernetes\n",
+        "p.yaml",
+        None,
+    )
+    .unwrap();
+    assert_eq!(cfg.node.pod_cidrs, PodCidrs::Kubernetes);
+    assert_eq!(
+        problems("node:\n  asn: 65002\n  router_id: 192.0.2.2\n  pod_cidrs_from: etcd\n"),
+        ["p.yaml:4:19: unknown pod_cidrs_from \"etcd\" (the only source is \"kubernetes\")"]
+    );
+}
