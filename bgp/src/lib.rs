@@ -9,4 +9,6 @@
 //! The crate knows nothing of Kubernetes, the kernel FIB or files: it takes session
 //! configs and routes to originate, and hands back Loc-RIB changes and status.
 
+pub mod fsm;
+pub mod rib;
 pub mod wire;

@@ -1,0 +1,187 @@
+//! Deterministic decision-process cases.
+
+use super::*;
+use crate::wire::{AsPath, Origin};
+
+fn peer(name: &str, addr: &str, id: [u8; 4], ebgp: bool) -> PeerInfo {
+    PeerInfo {
+        name: name.into(),
+        address: addr.parse().unwrap(),
+        router_id: Ipv4Addr::from(id),
+        ebgp,
+    }
+}
+
+fn route(nh: &str, path: &[u32]) -> Arc<RouteAttrs> {
+    Arc::new(RouteAttrs {
+        attrs: PathAttrs {
+            as_path: AsPath::sequence(path.to_vec()),
+            ..Default::default()
+        },
+        next_hop: NextHop::V4(nh.parse().unwrap()),
+    })
+}
+
+fn with(f: impl FnOnce(&mut PathAttrs), nh: &str, path: &[u32]) -> Arc<RouteAttrs> {
+    let mut r = (*route(nh, path)).clone();
+    f(&mut r.attrs);
+    Arc::new(r)
+}
+
+fn nh(s: &str) -> NextHop {
+    NextHop::V4(s.parse().unwrap())
+}
+
+const P: &str = "203.0.113.0/24";
+
+fn rib() -> Rib {
+    let mut r = Rib::new(8);
+    r.set_peer(0, peer("bird", "198.51.100.1", [1, 1, 1, 1], true));
+    r.set_peer(1, peer("frr", "198.51.100.3", [3, 3, 3, 3], true));
+    r.set_peer(2, peer("node3", "198.51.100.4", [4, 4, 4, 4], false));
+    r
+}
+
+#[test]
+fn announce_withdraw_reports_changes() {
+    let mut r = rib();
+    let mut out = Vec::new();
+    r.announce(0, P.parse().unwrap(), route("198.51.100.1", &[65001]), true, &mut out);
+    assert_eq!(out, vec![RibChange { prefix: P.parse().unwrap(), next_hops: vec![nh("198.51.100.1")] }]);
+    out.clear();
+    // The same route again changes nothing.
+    r.announce(0, P.parse().unwrap(), route("198.51.100.1", &[65001]), true, &mut out);
+    assert!(out.is_empty());
+    r.withdraw(0, P.parse().unwrap(), &mut out);
+    assert_eq!(out, vec![RibChange { prefix: P.parse().unwrap(), next_hops: vec![] }]);
+    assert!(r.is_empty());
+    assert_eq!(r.counts(0), PeerCounts::default());
+}
+
+#[test]
+fn equal_paths_from_two_peers_make_ecmp() {
+    let mut r = rib();
+    let mut out = Vec::new();
+    r.announce(0, P.parse().unwrap(), route("198.51.100.1", &[65001, 65100]), true, &mut out);
+    r.announce(1, P.parse().unwrap(), route("198.51.100.3", &[65003, 65100]), true, &mut out);
+    assert_eq!(out.last().unwrap().next_hops, vec![nh("198.51.100.1"), nh("198.51.100.3")]);
+    out.clear();
+    r.withdraw(0, P.parse().unwrap(), &mut out);
+    assert_eq!(out, vec![RibChange { prefix: P.parse().unwrap(), next_hops: vec![nh("198.51.100.3")] }]);
+}
+
+#[test]
+fn max_paths_limits_ecmp() {
+    let mut r = rib();
+    r.max_paths = 1;
+    let mut out = Vec::new();
+    r.announce(0, P.parse().unwrap(), route("198.51.100.1", &[65001]), true, &mut out);
+    r.announce(1, P.parse().unwrap(), route("198.51.100.3", &[65003]), true, &mut out);
+    // Tie broken on router id: 1.1.1.1 < 3.3.3.3.
+    assert_eq!(r.next_hops(&P.parse().unwrap()), vec![nh("198.51.100.1")]);
+}
+
+#[test]
+fn decision_steps_in_order() {
+    let p: IpNet = P.parse().unwrap();
+    let cases: Vec<(Arc<RouteAttrs>, Arc<RouteAttrs>, &str)> = vec![
+        // Local preference beats a shorter path.
+        (with(|a| a.local_pref = Some(200), "198.51.100.1", &[1, 2, 3]), route("198.51.100.3", &[1]), "higher local preference"),
+        (route("198.51.100.1", &[1]), route("198.51.100.3", &[1, 2]), "shorter AS path"),
+        (route("198.51.100.1", &[1]), with(|a| a.origin = Origin::Incomplete, "198.51.100.3", &[2]), "lower origin"),
+        // Same neighbour AS: MED decides.
+        (with(|a| a.med = Some(5), "198.51.100.1", &[7]), with(|a| a.med = Some(10), "198.51.100.3", &[7]), "lower MED"),
+    ];
+    for (win, lose, why) in cases {
+        let mut r = rib();
+        r.max_paths = 1;
+        let mut out = Vec::new();
+        // Give the loser the better router id so that only the step under test decides.
+        r.announce(1, p, win.clone(), true, &mut out);
+        r.announce(0, p, lose, true, &mut out);
+        assert_eq!(r.next_hops(&p), vec![win.next_hop], "{why}");
+        let v = &r.view()[0];
+        assert_eq!(v.paths[1].lost_on, Some(why));
+    }
+}
+
+#[test]
+fn med_from_different_neighbours_is_not_compared() {
+    let p: IpNet = P.parse().unwrap();
+    let mut r = rib();
+    let mut out = Vec::new();
+    r.announce(0, p, with(|a| a.med = Some(50), "198.51.100.1", &[7]), true, &mut out);
+    r.announce(1, p, with(|a| a.med = Some(10), "198.51.100.3", &[8]), true, &mut out);
+    // Not comparable: both stay in the ECMP set.
+    assert_eq!(r.next_hops(&p).len(), 2);
+}
+
+#[test]
+fn ebgp_over_ibgp() {
+    let p: IpNet = P.parse().unwrap();
+    let mut r = rib();
+    let mut out = Vec::new();
+    r.announce(2, p, with(|a| a.local_pref = Some(100), "198.51.100.4", &[9]), true, &mut out);
+    r.announce(1, p, route("198.51.100.3", &[9]), true, &mut out);
+    assert_eq!(r.next_hops(&p), vec![nh("198.51.100.3")]);
+}
+
+#[test]
+fn refused_paths_are_kept_but_never_selected() {
+    let p: IpNet = P.parse().unwrap();
+    let mut r = rib();
+    let mut out = Vec::new();
+    r.announce(0, p, route("198.51.100.1", &[1]), false, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(r.counts(0), PeerCounts { received: 1, accepted: 0, stale: 0 });
+    // Policy changes: re-evaluate without asking the peer.
+    r.reevaluate(0, |_, _| true, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(r.counts(0).accepted, 1);
+}
+
+#[test]
+fn graceful_restart_keeps_stale_until_end_of_rib() {
+    let a: IpNet = "203.0.113.0/24".parse().unwrap();
+    let b: IpNet = "198.18.0.0/16".parse().unwrap();
+    let v6: IpNet = "2001:db8:1::/48".parse().unwrap();
+    let mut r = rib();
+    let mut out = Vec::new();
+    r.announce(0, a, route("198.51.100.1", &[1]), true, &mut out);
+    r.announce(0, b, route("198.51.100.1", &[1]), true, &mut out);
+    let six = Arc::new(RouteAttrs {
+        attrs: PathAttrs::default(),
+        next_hop: NextHop::V6 { global: "2001:db8::1".parse().unwrap(), link_local: None },
+    });
+    r.announce(0, v6, six, true, &mut out);
+    out.clear();
+    // Down, IPv4 kept over the restart, IPv6 not.
+    r.peer_down(0, &[Afi::Ipv4], &mut out);
+    assert_eq!(out, vec![RibChange { prefix: v6, next_hops: vec![] }], "only IPv6 left the Loc-RIB");
+    assert_eq!(r.counts(0).stale, 2);
+    out.clear();
+    // The peer comes back and sends one of the two again: it is fresh, the other still stale.
+    r.announce(0, a, route("198.51.100.1", &[1]), true, &mut out);
+    assert!(out.is_empty(), "same next hop: no FIB change");
+    assert_eq!(r.counts(0).stale, 1);
+    r.sweep_stale(0, Some(Afi::Ipv4), &mut out);
+    assert_eq!(out, vec![RibChange { prefix: b, next_hops: vec![] }]);
+    assert_eq!(r.counts(0), PeerCounts { received: 1, accepted: 1, stale: 0 });
+}
+
+#[test]
+fn peer_down_without_graceful_restart_removes_everything() {
+    let mut r = rib();
+    let mut out = Vec::new();
+    for i in 0..100u32 {
+        let p = IpNet::V4(Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24).unwrap());
+        r.announce(0, p, route("198.51.100.1", &[1]), true, &mut out);
+        r.announce(1, p, route("198.51.100.3", &[3]), true, &mut out);
+    }
+    out.clear();
+    r.peer_down(0, &[], &mut out);
+    assert_eq!(out.len(), 100);
+    assert!(out.iter().all(|c| c.next_hops == vec![nh("198.51.100.3")]));
+    r.peer_down(1, &[], &mut out);
+    assert!(r.is_empty());
+}
