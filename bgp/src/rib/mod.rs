@@ -79,6 +79,8 @@ impl Dest {
 pub struct RibChange {
     pub prefix: IpNet,
     pub next_hops: Vec<NextHop>,
+    /// How many next hops the prefix had before (0: it was not selected).
+    pub previous: usize,
 }
 
 /// Routes from one peer.
@@ -393,6 +395,7 @@ fn upsert<K: Key>(
     if before != after {
         out.push(RibChange {
             prefix: key.net(),
+            previous: before.len(),
             next_hops: after,
         });
     }
@@ -442,6 +445,7 @@ fn finish<K: Key>(
     if before != after {
         out.push(RibChange {
             prefix: key.net(),
+            previous: before.len(),
             next_hops: after,
         });
     }
@@ -506,6 +510,7 @@ fn sweep<K: Key>(
         if before != after {
             out.push(RibChange {
                 prefix: key.net(),
+                previous: before.len(),
                 next_hops: after,
             });
         }

@@ -47,13 +47,13 @@ fn announce_withdraw_reports_changes() {
     let mut r = rib();
     let mut out = Vec::new();
     r.announce(0, P.parse().unwrap(), route("198.51.100.1", &[65001]), true, &mut out);
-    assert_eq!(out, vec![RibChange { prefix: P.parse().unwrap(), next_hops: vec![nh("198.51.100.1")] }]);
+    assert_eq!(out, vec![RibChange { prefix: P.parse().unwrap(), next_hops: vec![nh("198.51.100.1")], previous: 0 }]);
     out.clear();
     // The same route again changes nothing.
     r.announce(0, P.parse().unwrap(), route("198.51.100.1", &[65001]), true, &mut out);
     assert!(out.is_empty());
     r.withdraw(0, P.parse().unwrap(), &mut out);
-    assert_eq!(out, vec![RibChange { prefix: P.parse().unwrap(), next_hops: vec![] }]);
+    assert_eq!(out, vec![RibChange { prefix: P.parse().unwrap(), next_hops: vec![], previous: 1 }]);
     assert!(r.is_empty());
     assert_eq!(r.counts(0), PeerCounts::default());
 }
@@ -67,7 +67,7 @@ fn equal_paths_from_two_peers_make_ecmp() {
     assert_eq!(out.last().unwrap().next_hops, vec![nh("198.51.100.1"), nh("198.51.100.3")]);
     out.clear();
     r.withdraw(0, P.parse().unwrap(), &mut out);
-    assert_eq!(out, vec![RibChange { prefix: P.parse().unwrap(), next_hops: vec![nh("198.51.100.3")] }]);
+    assert_eq!(out, vec![RibChange { prefix: P.parse().unwrap(), next_hops: vec![nh("198.51.100.3")], previous: 2 }]);
 }
 
 #[test]
@@ -157,7 +157,7 @@ fn graceful_restart_keeps_stale_until_end_of_rib() {
     out.clear();
     // Down, IPv4 kept over the restart, IPv6 not.
     r.peer_down(0, &[Afi::Ipv4], &mut out);
-    assert_eq!(out, vec![RibChange { prefix: v6, next_hops: vec![] }], "only IPv6 left the Loc-RIB");
+    assert_eq!(out, vec![RibChange { prefix: v6, next_hops: vec![], previous: 1 }], "only IPv6 left the Loc-RIB");
     assert_eq!(r.counts(0).stale, 2);
     out.clear();
     // The peer comes back and sends one of the two again: it is fresh, the other still stale.
@@ -165,7 +165,7 @@ fn graceful_restart_keeps_stale_until_end_of_rib() {
     assert!(out.is_empty(), "same next hop: no FIB change");
     assert_eq!(r.counts(0).stale, 1);
     r.sweep_stale(0, Some(Afi::Ipv4), &mut out);
-    assert_eq!(out, vec![RibChange { prefix: b, next_hops: vec![] }]);
+    assert_eq!(out, vec![RibChange { prefix: b, next_hops: vec![], previous: 1 }]);
     assert_eq!(r.counts(0), PeerCounts { received: 1, accepted: 1, stale: 0 });
 }
 

@@ -1,0 +1,468 @@
+//! Kernel FIB sync: one more consumer of the Loc-RIB.
+//!
+//! ```text
+//!  speaker ──RibOutput──► fib task ──Vec<RouteOp>──► netlink thread (batched writes, ACKs)
+//!                          ▲   │
+//!     monitor thread ──────┘   └──lookup──► speaker   (a route of ours deleted by hand:
+//!     (RTM_DELROUTE of ours)                          put it back if it is still wanted)
+//! ```
+//!
+//! Our routes carry our `rtm_protocol` and live in our table; nothing else is touched. At
+//! start the routes a previous run left are taken over as they are (so forwarding does not
+//! blink); once the speaker reports the initial table complete ([`RibOutput::Synced`]), the
+//! ones it did not select again are removed (mark and sweep). The node's own pod CIDRs get
+//! a blackhole (or unreachable) route so that traffic to unassigned pod addresses stops here.
+
+pub mod netlink;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use petrel_bgp::RibOutput;
+use petrel_bgp::Speaker;
+use petrel_bgp::rib::RibChange;
+use petrel_bgp::wire::NextHop;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+pub use netlink::{RouteOp, RouteTag, Target};
+use netlink::{KernelRoute, Netlink};
+
+/// FIB figures for status and metrics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FibSummary {
+    /// Learned routes in the kernel.
+    pub installed: u64,
+    /// Of those, routes with more than one next hop.
+    pub ecmp: u64,
+    /// Routes the kernel refused (see the log for why).
+    pub failed: u64,
+    /// Blackhole/unreachable routes for the node's own pod CIDRs.
+    pub own: usize,
+    /// Routes taken over from a previous run and not yet confirmed.
+    pub stale: usize,
+    pub synced: bool,
+    /// Operations sent and refused since start.
+    pub ops: u64,
+    pub errors: u64,
+    /// Routes restored after someone deleted them.
+    pub restored: u64,
+    /// Seconds the last batch took, and the routes in it.
+    pub last_batch_secs: f64,
+    pub last_batch_routes: usize,
+}
+
+enum FibCmd {
+    Summary(oneshot::Sender<FibSummary>),
+    Failed(oneshot::Sender<HashSet<IpNet>>),
+    SetOwn(Vec<IpNet>),
+    /// Remove every route of ours (clean stop without graceful restart).
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle to the FIB task.
+#[derive(Clone)]
+pub struct Fib {
+    tx: mpsc::Sender<FibCmd>,
+}
+
+impl Fib {
+    pub async fn summary(&self) -> FibSummary {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(FibCmd::Summary(tx)).await;
+        rx.await.unwrap_or_default()
+    }
+
+    /// Prefixes the kernel refused.
+    pub async fn failed(&self) -> HashSet<IpNet> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(FibCmd::Failed(tx)).await;
+        rx.await.unwrap_or_default()
+    }
+
+    pub async fn set_own(&self, own: Vec<IpNet>) {
+        let _ = self.tx.send(FibCmd::SetOwn(own)).await;
+    }
+
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(FibCmd::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+type Job = (Vec<RouteOp>, oneshot::Sender<std::io::Result<Vec<(usize, std::io::Error)>>>);
+
+/// The netlink writer thread.
+fn spawn_writer(tag: RouteTag) -> std::io::Result<mpsc::Sender<Job>> {
+    let mut nl = Netlink::open(tag)?;
+    let (tx, mut rx) = mpsc::channel::<Job>(4);
+    std::thread::Builder::new()
+        .name("fib-netlink".into())
+        .spawn(move || {
+            while let Some((ops, reply)) = rx.blocking_recv() {
+                let _ = reply.send(nl.apply(&ops));
+            }
+        })?;
+    Ok(tx)
+}
+
+/// Routes of ours the kernel reports deleted, or `None` when notifications were lost.
+fn spawn_monitor(tag: RouteTag) -> std::io::Result<mpsc::Receiver<Option<IpNet>>> {
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+    use netlink_packet_route::RouteNetlinkMessage;
+    use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+    const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+    const RTMGRP_IPV6_ROUTE: u32 = 0x400;
+    const RTM_DELROUTE: u16 = 25;
+    let mut sock = Socket::new(NETLINK_ROUTE)?;
+    sock.bind(&SocketAddr::new(0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))?;
+    // Our own installs are announced here too: a large buffer, and a resync if it overflows.
+    let _ = sock.set_rx_buf_sz(16 * 1024 * 1024);
+    let (tx, rx) = mpsc::channel(1024);
+    std::thread::Builder::new()
+        .name("fib-monitor".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = match sock.recv(&mut &mut buf[..], 0) {
+                    Ok(n) => n,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                        if tx.blocking_send(None).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(_) => return,
+                };
+                let mut off = 0;
+                while off + 16 <= n {
+                    let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or([0; 4])) as usize;
+                    let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap_or([0; 2]));
+                    if len < 16 || off + len > n {
+                        break;
+                    }
+                    // Only deletions matter; skip the (many) additions without parsing them.
+                    if ty == RTM_DELROUTE
+                        && let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..off + len])
+                        && let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r)) = m.payload
+                        && let Some(k) = netlink::parse_route(&r, &tag)
+                        && tx.blocking_send(Some(k.prefix)).is_err()
+                    {
+                        return;
+                    }
+                    off += (len + 3) & !3;
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+fn target_of(next_hops: &[NextHop]) -> Target {
+    let mut gws: Vec<IpAddr> = next_hops.iter().map(|n| n.addr()).collect();
+    gws.sort();
+    gws.dedup();
+    Target::Via(gws)
+}
+
+struct FibTask {
+    writer: mpsc::Sender<Job>,
+    speaker: Speaker,
+    own_kind: Target,
+    own: Vec<IpNet>,
+    /// Routes of ours found at start, not yet confirmed by the RIB.
+    stale: HashSet<IpNet>,
+    failed: HashSet<IpNet>,
+    summary: FibSummary,
+    restore_queue: Vec<IpNet>,
+    last_resync: Option<Instant>,
+}
+
+/// Start FIB sync. `own_kind` is the route for the node's pod CIDRs (`None`: no route).
+/// Returns the handle and whether routes of ours were found in the kernel (a restart with
+/// forwarding state preserved).
+pub async fn start(
+    tag: RouteTag,
+    own: Vec<IpNet>,
+    own_kind: Option<Target>,
+    speaker: Speaker,
+    changes: mpsc::Receiver<RibOutput>,
+) -> anyhow::Result<Fib> {
+    let writer = spawn_writer(tag)?;
+    let monitor = spawn_monitor(tag)?;
+    let existing = tokio::task::spawn_blocking(move || Netlink::open(tag)?.dump()).await??;
+    let own_kind_t = own_kind.clone().unwrap_or(Target::Blackhole);
+    // Everything of ours is stale until the RIB (or set_own, for the pod CIDRs) claims it.
+    let stale: HashSet<IpNet> = existing.iter().map(|k: &KernelRoute| k.prefix).collect();
+    if !stale.is_empty() {
+        info!(routes = stale.len(), "taking over routes left by a previous run");
+    }
+    let (tx, rx) = mpsc::channel(16);
+    let mut task = FibTask {
+        writer,
+        speaker,
+        own_kind: own_kind_t,
+        own: Vec::new(),
+        stale,
+        failed: HashSet::new(),
+        summary: FibSummary::default(),
+        restore_queue: Vec::new(),
+        last_resync: None,
+    };
+    if own_kind.is_some() {
+        task.set_own(own).await;
+    }
+    tokio::spawn(tracing::Instrument::instrument(
+        task.run(changes, rx, monitor),
+        tracing::info_span!("fib"),
+    ));
+    Ok(Fib { tx })
+}
+
+/// Whether the kernel holds routes of ours (checked before the speaker starts, to set the
+/// graceful-restart F bit).
+pub async fn has_routes(tag: RouteTag) -> bool {
+    tokio::task::spawn_blocking(move || Netlink::open(tag).and_then(|mut n| n.dump()))
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .is_some_and(|v| !v.is_empty())
+}
+
+impl FibTask {
+    async fn apply(&mut self, ops: Vec<RouteOp>) -> Vec<(usize, std::io::Error)> {
+        if ops.is_empty() {
+            return Vec::new();
+        }
+        let started = Instant::now();
+        let n = ops.len();
+        let (tx, rx) = oneshot::channel();
+        let prefixes: Vec<IpNet> = ops.iter().map(|o| o.prefix()).collect();
+        let kinds: Vec<bool> = ops
+            .iter()
+            .map(|o| !matches!(o, RouteOp::Delete { .. }))
+            .collect();
+        if self.writer.send((ops, tx)).await.is_err() {
+            warn!("netlink writer is gone");
+            return Vec::new();
+        }
+        let failed = match rx.await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                warn!(error = %e, "netlink batch failed");
+                self.summary.errors += n as u64;
+                return Vec::new();
+            }
+            Err(_) => return Vec::new(),
+        };
+        self.summary.ops += n as u64;
+        self.summary.errors += failed.len() as u64;
+        self.summary.last_batch_secs = started.elapsed().as_secs_f64();
+        self.summary.last_batch_routes = n;
+        let refused: HashSet<usize> = failed.iter().map(|(i, _)| *i).collect();
+        for (i, p) in prefixes.iter().enumerate() {
+            if refused.contains(&i) && kinds[i] {
+                self.failed.insert(*p);
+            } else {
+                self.failed.remove(p);
+            }
+        }
+        for (i, e) in &failed {
+            warn!(prefix = %prefixes[*i], error = %e, "kernel refused a route");
+        }
+        failed
+    }
+
+    async fn set_own(&mut self, own: Vec<IpNet>) {
+        let mut ops = Vec::new();
+        for p in &self.own {
+            if !own.contains(p) {
+                ops.push(RouteOp::Delete { prefix: *p });
+            }
+        }
+        for p in &own {
+            self.stale.remove(p);
+            ops.push(RouteOp::Replace {
+                prefix: *p,
+                target: self.own_kind.clone(),
+            });
+        }
+        self.own = own;
+        self.summary.own = self.own.len();
+        self.apply(ops).await;
+    }
+
+    fn count(&mut self, c: &RibChange) {
+        let (before, after) = (c.previous, c.next_hops.len());
+        self.summary.installed = (self.summary.installed as i64 + (after > 0) as i64 - (before > 0) as i64).max(0) as u64;
+        self.summary.ecmp = (self.summary.ecmp as i64 + (after > 1) as i64 - (before > 1) as i64).max(0) as u64;
+    }
+
+    async fn changes(&mut self, batch: Vec<RibChange>) {
+        let mut ops = Vec::with_capacity(batch.len());
+        for c in &batch {
+            self.count(c);
+            self.stale.remove(&c.prefix);
+            if self.own.contains(&c.prefix) {
+                // Never replace our own pod CIDR's route (policy refuses such routes anyway).
+                continue;
+            }
+            if c.next_hops.is_empty() {
+                ops.push(RouteOp::Delete { prefix: c.prefix });
+            } else {
+                ops.push(RouteOp::Replace {
+                    prefix: c.prefix,
+                    target: target_of(&c.next_hops),
+                });
+            }
+        }
+        self.apply(ops).await;
+    }
+
+    async fn sweep(&mut self) {
+        let stale: Vec<IpNet> = self.stale.drain().collect();
+        if !stale.is_empty() {
+            info!(routes = stale.len(), "removing routes of a previous run the RIB no longer selects");
+        }
+        let ops = stale.into_iter().map(|prefix| RouteOp::Delete { prefix }).collect();
+        self.apply(ops).await;
+        self.summary.synced = true;
+    }
+
+    /// Put back routes of ours that were deleted behind our back, if still wanted.
+    async fn restore(&mut self) {
+        let queue: Vec<IpNet> = std::mem::take(&mut self.restore_queue);
+        if queue.is_empty() {
+            return;
+        }
+        let mut ops = Vec::new();
+        let mut ask = Vec::new();
+        for p in queue {
+            if self.own.contains(&p) {
+                ops.push(RouteOp::AddIfMissing {
+                    prefix: p,
+                    target: self.own_kind.clone(),
+                });
+            } else if !self.stale.contains(&p) {
+                ask.push(p);
+            }
+        }
+        if !ask.is_empty()
+            && let Ok(nhs) = self.speaker.lookup(ask.clone()).await
+        {
+            for (p, nh) in ask.into_iter().zip(nhs) {
+                if !nh.is_empty() {
+                    ops.push(RouteOp::AddIfMissing {
+                        prefix: p,
+                        target: target_of(&nh),
+                    });
+                }
+            }
+        }
+        let n = ops.len();
+        let failed = self.apply(ops).await.len();
+        if n > 0 {
+            self.summary.restored += (n - failed) as u64;
+            info!(routes = n, "checked routes deleted from outside and restored the missing ones");
+        }
+    }
+
+    /// Compare the kernel with the RIB after lost notifications, and fix what differs.
+    async fn resync(&mut self) {
+        if self.last_resync.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+            return;
+        }
+        self.last_resync = Some(Instant::now());
+        let Ok(selected) = self.speaker.selected().await else {
+            return;
+        };
+        let mut ops = Vec::new();
+        for (p, nh) in selected {
+            if !self.own.contains(&p) {
+                ops.push(RouteOp::AddIfMissing {
+                    prefix: p,
+                    target: target_of(&nh),
+                });
+            }
+        }
+        for p in self.own.clone() {
+            ops.push(RouteOp::AddIfMissing {
+                prefix: p,
+                target: self.own_kind.clone(),
+            });
+        }
+        debug!(routes = ops.len(), "resync after lost route notifications");
+        self.apply(ops).await;
+    }
+
+    async fn flush(&mut self) {
+        let Ok(selected) = self.speaker.selected().await else {
+            return;
+        };
+        let mut ops: Vec<RouteOp> = selected
+            .into_iter()
+            .map(|(prefix, _)| RouteOp::Delete { prefix })
+            .collect();
+        ops.extend(self.own.iter().map(|p| RouteOp::Delete { prefix: *p }));
+        ops.extend(self.stale.drain().map(|prefix| RouteOp::Delete { prefix }));
+        self.apply(ops).await;
+        self.summary.installed = 0;
+        self.summary.ecmp = 0;
+    }
+
+    async fn run(
+        mut self,
+        mut changes: mpsc::Receiver<RibOutput>,
+        mut cmds: mpsc::Receiver<FibCmd>,
+        mut monitor: mpsc::Receiver<Option<IpNet>>,
+    ) {
+        let mut restore_at: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                biased;
+                cmd = cmds.recv() => match cmd {
+                    Some(FibCmd::Summary(tx)) => {
+                        let mut s = self.summary.clone();
+                        s.stale = self.stale.len();
+                        s.failed = self.failed.len() as u64;
+                        s.installed = s.installed.saturating_sub(s.failed);
+                        let _ = tx.send(s);
+                    }
+                    Some(FibCmd::Failed(tx)) => { let _ = tx.send(self.failed.clone()); }
+                    Some(FibCmd::SetOwn(own)) => self.set_own(own).await,
+                    Some(FibCmd::Flush(tx)) => {
+                        self.flush().await;
+                        let _ = tx.send(());
+                    }
+                    None => break,
+                },
+                out = changes.recv() => match out {
+                    Some(RibOutput::Changes(batch)) => self.changes(batch).await,
+                    Some(RibOutput::Synced) => self.sweep().await,
+                    None => {
+                        // The speaker stopped; keep answering commands until dropped.
+                        changes = mpsc::channel(1).1;
+                    }
+                },
+                del = monitor.recv() => match del {
+                    Some(Some(p)) => {
+                        self.restore_queue.push(p);
+                        // Deletions come in bursts (and our own deletes are announced too):
+                        // look at them together shortly after.
+                        restore_at.get_or_insert(Instant::now() + Duration::from_millis(100));
+                    }
+                    Some(None) => self.resync().await,
+                    None => monitor = mpsc::channel(1).1,
+                },
+                _ = tokio::time::sleep_until(restore_at.unwrap_or_else(Instant::now).into()), if restore_at.is_some() => {
+                    restore_at = None;
+                    self.restore().await;
+                }
+            }
+        }
+    }
+}

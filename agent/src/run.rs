@@ -1,0 +1,151 @@
+//! `petrel run`: the node agent. Wires config, speaker, FIB sync, control socket and signals
+//! together; the only place that does.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use ipnet::IpNet;
+use petrel_bgp::Speaker;
+use petrel_config::{Config, OwnCidrRoute, PodCidrs};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::RwLock;
+use tracing::{error, info, warn};
+
+use crate::fib::{self, RouteTag, Target};
+use crate::state::{Agent, NodeView};
+use crate::{control, convert};
+
+pub struct RunOpts {
+    pub config: PathBuf,
+    /// Overrides `control.socket`.
+    pub socket: Option<PathBuf>,
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    petrel_config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn tag(cfg: &Config) -> RouteTag {
+    RouteTag {
+        protocol: cfg.fib.protocol,
+        table: cfg.fib.table,
+        metric: cfg.fib.metric,
+    }
+}
+
+fn set_forwarding() -> anyhow::Result<()> {
+    for f in [
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+    ] {
+        std::fs::write(f, "1").with_context(|| format!("enable forwarding: {f}"))?;
+    }
+    Ok(())
+}
+
+pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
+    let cfg = load(&opts.config)?;
+    let socket_path = opts.socket.clone().unwrap_or(cfg.control.socket.clone());
+    let tag = tag(&cfg);
+    let gr = cfg.bgp.graceful_restart.enabled;
+    // Routes of ours still in the kernel mean a restart with forwarding preserved: tell the
+    // peers (R and F bits) so they keep our routes and we keep theirs until End-of-RIB.
+    let restarting = gr && fib::has_routes(tag).await;
+    if restarting {
+        info!("found our routes in the kernel: restarting gracefully");
+    }
+    if cfg.fib.enable_forwarding {
+        set_forwarding()?;
+    }
+    let pod_cidrs: Vec<IpNet> = match &cfg.node.pod_cidrs {
+        PodCidrs::Static(v) => v.clone(),
+        PodCidrs::Kubernetes => Vec::new(),
+    };
+    let peers = convert::peers(&cfg)?;
+    let (speaker, changes) = Speaker::start(convert::speaker(&cfg, restarting), peers, pod_cidrs.clone())
+        .await
+        .context("start the BGP speaker")?;
+    let own_kind = match cfg.fib.own_cidr_route {
+        OwnCidrRoute::Blackhole => Some(Target::Blackhole),
+        OwnCidrRoute::Unreachable => Some(Target::Unreachable),
+        OwnCidrRoute::None => None,
+    };
+    let fib = fib::start(tag, pod_cidrs.clone(), own_kind, speaker.clone(), changes)
+        .await
+        .context("start FIB sync")?;
+    let agent = Arc::new(Agent {
+        speaker: speaker.clone(),
+        fib: fib.clone(),
+        node: RwLock::new(NodeView {
+            name: cfg.node.name.clone(),
+            asn: cfg.node.asn,
+            router_id: cfg.node.router_id,
+            pod_cidrs,
+            pod_cidrs_source: match cfg.node.pod_cidrs {
+                PodCidrs::Static(_) => "config".into(),
+                PodCidrs::Kubernetes => "kubernetes".into(),
+            },
+        }),
+        protocol: cfg.fib.protocol,
+        table: cfg.fib.table,
+    });
+    let _guard = control::serve(&socket_path, agent.clone())?;
+    info!(socket = %socket_path.display(), asn = cfg.node.asn, router_id = %cfg.node.router_id, "petrel running");
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut current = cfg;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                match reload(&opts.config, &current, &agent).await {
+                    Ok(new) => current = new,
+                    Err(e) => error!(error = %e, "reload failed; keeping the running config"),
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let graceful = current.bgp.graceful_restart.enabled;
+    if graceful {
+        info!("stopping: sessions closed for graceful restart, routes left in the kernel");
+    } else {
+        info!("stopping: Cease to every peer, our routes removed from the kernel");
+    }
+    let _ = speaker.shutdown(graceful).await;
+    if !graceful {
+        fib.flush().await;
+    }
+    Ok(())
+}
+
+async fn reload(path: &Path, old: &Config, agent: &Agent) -> anyhow::Result<Config> {
+    let new = load(path)?;
+    if new.node.asn != old.node.asn || new.node.router_id != old.node.router_id {
+        warn!("node ASN or router id changed: restart petrel for that to take effect");
+    }
+    if new.fib != old.fib || new.control != old.control || new.bgp != old.bgp {
+        warn!("fib, control and bgp settings take effect at the next restart");
+    }
+    agent.speaker.set_peers(convert::peers(&new)?).await?;
+    if let (PodCidrs::Static(a), PodCidrs::Static(b)) = (&old.node.pod_cidrs, &new.node.pod_cidrs)
+        && a != b
+    {
+        info!(pod_cidrs = ?b, "pod CIDRs changed");
+        agent.speaker.set_originated(b.clone()).await?;
+        agent.fib.set_own(b.clone()).await;
+        agent.node.write().await.pod_cidrs = b.clone();
+    }
+    info!(peers = new.peers.len(), "config reloaded");
+    let mut kept = new.clone();
+    // Settings that need a restart stay as they run.
+    kept.node.asn = old.node.asn;
+    kept.node.router_id = old.node.router_id;
+    kept.fib = old.fib.clone();
+    kept.control = old.control.clone();
+    kept.bgp = old.bgp.clone();
+    Ok(kept)
+}
