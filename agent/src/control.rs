@@ -76,7 +76,9 @@ async fn answer(stream: UnixStream, agent: Arc<Agent>) -> anyhow::Result<()> {
     let reply = match serde_json::from_str::<Request>(line.trim()) {
         Ok(r) if r.get == "status" => serde_json::to_vec(&agent.status().await)?,
         Ok(r) if r.get == "routes" => serde_json::to_vec(&agent.routes().await)?,
-        Ok(r) => serde_json::to_vec(&serde_json::json!({ "error": format!("unknown request {:?}", r.get) }))?,
+        Ok(r) => serde_json::to_vec(
+            &serde_json::json!({ "error": format!("unknown request {:?}", r.get) }),
+        )?,
         Err(e) => serde_json::to_vec(&serde_json::json!({ "error": format!("bad request: {e}") }))?,
     };
     wr.write_all(&reply).await?;

@@ -24,7 +24,7 @@ pub fn speaker(cfg: &Config, restarting: bool) -> SpeakerConfig {
         listen_addresses: cfg.bgp.listen_addresses.clone(),
         listen_port: cfg.bgp.listen_port,
         max_paths: cfg.bgp.max_paths as usize,
-        graceful_restart: gr.enabled.then(|| GracefulRestart {
+        graceful_restart: gr.enabled.then_some(GracefulRestart {
             restart_time: gr.restart_time,
             stale_time: gr.stale_time,
             restarting,

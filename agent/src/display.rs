@@ -54,10 +54,17 @@ pub fn status(s: &AgentStatus) -> String {
     let _ = writeln!(
         out,
         "node {}AS{} router-id {}  pod CIDRs: {} ({})",
-        n.name.as_ref().map(|x| format!("{x}  ")).unwrap_or_default(),
+        n.name
+            .as_ref()
+            .map(|x| format!("{x}  "))
+            .unwrap_or_default(),
         n.asn,
         n.router_id,
-        if cidrs.is_empty() { "none".to_string() } else { cidrs.join(", ") },
+        if cidrs.is_empty() {
+            "none".to_string()
+        } else {
+            cidrs.join(", ")
+        },
         n.pod_cidrs_source
     );
     out.push('\n');
@@ -86,7 +93,14 @@ pub fn status(s: &AgentStatus) -> String {
         })
         .collect();
     out.push_str(&table(
-        &["PEER", "ADDRESS", "ASN", "STATE", "RCVD/ACPT/ADV", "UPTIME / LAST ERROR"],
+        &[
+            "PEER",
+            "ADDRESS",
+            "ASN",
+            "STATE",
+            "RCVD/ACPT/ADV",
+            "UPTIME / LAST ERROR",
+        ],
         &rows,
     ));
     out.push('\n');
@@ -124,7 +138,11 @@ pub fn routes(v: &serde_json::Value) -> String {
     let empty = Vec::new();
     for r in v["routes"].as_array().unwrap_or(&empty) {
         let prefix = r["prefix"].as_str().unwrap_or("?").to_string();
-        let in_fib = if r["in_fib"].as_bool() == Some(true) { "yes" } else { "no" };
+        let in_fib = if r["in_fib"].as_bool() == Some(true) {
+            "yes"
+        } else {
+            "no"
+        };
         for (i, p) in r["paths"].as_array().unwrap_or(&empty).iter().enumerate() {
             let nh = match &p["next_hop"] {
                 serde_json::Value::String(s) => s.clone(),
@@ -141,29 +159,50 @@ pub fn routes(v: &serde_json::Value) -> String {
             } else {
                 "  "
             };
-            let mut why = p["lost_on"].as_str().map(|s| format!("lost: {s}")).unwrap_or_default();
+            let mut why = p["lost_on"]
+                .as_str()
+                .map(|s| format!("lost: {s}"))
+                .unwrap_or_default();
             if p["stale"].as_bool() == Some(true) {
                 why = format!("stale {why}").trim().to_string();
             }
             rows.push(vec![
-                if i == 0 { prefix.clone() } else { String::new() },
+                if i == 0 {
+                    prefix.clone()
+                } else {
+                    String::new()
+                },
                 mark.to_string(),
                 nh,
                 p["peer"].as_str().unwrap_or("").to_string(),
                 p["as_path"].as_str().unwrap_or("").to_string(),
                 p["local_pref"].to_string(),
-                if i == 0 { in_fib.to_string() } else { String::new() },
+                if i == 0 {
+                    in_fib.to_string()
+                } else {
+                    String::new()
+                },
                 why,
             ]);
         }
     }
     let mut out = table(
-        &["PREFIX", "", "NEXT HOP", "PEER", "AS PATH", "LOCPRF", "FIB", "NOTE"],
+        &[
+            "PREFIX", "", "NEXT HOP", "PEER", "AS PATH", "LOCPRF", "FIB", "NOTE",
+        ],
         &rows,
     );
     if let Some(o) = v["originated"].as_array() {
         let list: Vec<&str> = o.iter().filter_map(|x| x.as_str()).collect();
-        let _ = writeln!(out, "\noriginated: {}", if list.is_empty() { "none".into() } else { list.join(", ") });
+        let _ = writeln!(
+            out,
+            "\noriginated: {}",
+            if list.is_empty() {
+                "none".into()
+            } else {
+                list.join(", ")
+            }
+        );
     }
     out.push_str("*> best, *= also in the ECMP set\n");
     out

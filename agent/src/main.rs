@@ -17,7 +17,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "petrel", version, about = "BGP direct-routing agent for Kubernetes and bare-metal nodes")]
+#[command(
+    name = "petrel",
+    version,
+    about = "BGP direct-routing agent for Kubernetes and bare-metal nodes"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -123,7 +127,10 @@ fn main() -> ExitCode {
 }
 
 fn client(socket: &std::path::Path, what: &str, json: bool) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("petrel: {e}");

@@ -63,9 +63,10 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
         PodCidrs::Kubernetes => Vec::new(),
     };
     let peers = convert::peers(&cfg)?;
-    let (speaker, changes) = Speaker::start(convert::speaker(&cfg, restarting), peers, pod_cidrs.clone())
-        .await
-        .context("start the BGP speaker")?;
+    let (speaker, changes) =
+        Speaker::start(convert::speaker(&cfg, restarting), peers, pod_cidrs.clone())
+            .await
+            .context("start the BGP speaker")?;
     let own_kind = match cfg.fib.own_cidr_route {
         OwnCidrRoute::Blackhole => Some(Target::Blackhole),
         OwnCidrRoute::Unreachable => Some(Target::Unreachable),

@@ -2,10 +2,10 @@
 //! documents they answer with. The shapes here are the stable interface of `petrel status
 //! --json` and `petrel routes --json` (README, "Status JSON"); fields are only ever added.
 
-use std::net::{IpAddr, Ipv4Addr};
 use ipnet::IpNet;
 use petrel_bgp::Speaker;
 use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr};
 use tokio::sync::RwLock;
 
 use crate::fib::Fib;
@@ -94,9 +94,7 @@ pub struct Agent {
 }
 
 fn read_flag(path: &str) -> Option<bool> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim() != "0")
+    std::fs::read_to_string(path).ok().map(|s| s.trim() != "0")
 }
 
 pub fn forwarding() -> (Option<bool>, Option<bool>) {
@@ -125,7 +123,10 @@ impl Agent {
             warnings.push("no pod CIDR yet: nothing is advertised".to_string());
         }
         if fib.failed > 0 {
-            warnings.push(format!("{} route(s) refused by the kernel (see the log)", fib.failed));
+            warnings.push(format!(
+                "{} route(s) refused by the kernel (see the log)",
+                fib.failed
+            ));
         }
         let peers = sp
             .as_ref()

@@ -14,8 +14,8 @@
 use std::net::Ipv4Addr;
 
 use crate::wire::{
-    Afi, Capabilities, Codec, DecodeError, GracefulRestartCap, Message, NotificationMsg,
-    OpenMsg, UpdateMsg, codes,
+    Afi, Capabilities, Codec, DecodeError, GracefulRestartCap, Message, NotificationMsg, OpenMsg,
+    UpdateMsg, codes,
 };
 
 /// Hold time used while waiting for the peer's OPEN (RFC 4271 8.2.2: "a large value",
@@ -281,12 +281,17 @@ impl Fsm {
 
     /// The peer's state: the most advanced of its connections.
     pub fn state(&self) -> State {
-        let best = self.slots.iter().flatten().map(|s| s.phase).max_by_key(|p| match p {
-            Phase::Connecting => 0,
-            Phase::OpenSent => 1,
-            Phase::OpenConfirm => 2,
-            Phase::Established => 3,
-        });
+        let best = self
+            .slots
+            .iter()
+            .flatten()
+            .map(|s| s.phase)
+            .max_by_key(|p| match p {
+                Phase::Connecting => 0,
+                Phase::OpenSent => 1,
+                Phase::OpenConfirm => 2,
+                Phase::Established => 3,
+            });
         match best {
             Some(Phase::Established) => State::Established,
             Some(Phase::OpenConfirm) => State::OpenConfirm,
@@ -396,7 +401,12 @@ impl Fsm {
         if !self.started || self.cfg.passive || self.slots[Dir::Out.idx()].is_some() {
             return;
         }
-        if self.slots.iter().flatten().any(|s| s.phase != Phase::Connecting) {
+        if self
+            .slots
+            .iter()
+            .flatten()
+            .any(|s| s.phase != Phase::Connecting)
+        {
             // Another connection is making progress; no need for ours.
             return;
         }
@@ -446,20 +456,29 @@ impl Fsm {
         let caps = Capabilities {
             families: self.cfg.families.clone(),
             route_refresh: true,
-            graceful_restart: self.cfg.graceful_restart.as_ref().map(|g| GracefulRestartCap {
-                restarting: g.restarting,
-                notification: false,
-                restart_time: g.restart_time,
-                families: self
-                    .cfg
-                    .families
-                    .iter()
-                    .map(|f| (*f, g.forwarding_preserved))
-                    .collect(),
-            }),
+            graceful_restart: self
+                .cfg
+                .graceful_restart
+                .as_ref()
+                .map(|g| GracefulRestartCap {
+                    restarting: g.restarting,
+                    notification: false,
+                    restart_time: g.restart_time,
+                    families: self
+                        .cfg
+                        .families
+                        .iter()
+                        .map(|f| (*f, g.forwarding_preserved))
+                        .collect(),
+                }),
             ..Default::default()
         };
-        OpenMsg::new(self.cfg.local_asn, self.cfg.hold_time, self.cfg.router_id, caps)
+        OpenMsg::new(
+            self.cfg.local_asn,
+            self.cfg.hold_time,
+            self.cfg.router_id,
+            caps,
+        )
     }
 
     fn connected(&mut self, d: Dir, out: &mut Vec<Action>) {
@@ -651,7 +670,8 @@ impl Fsm {
     /// Check the peer's OPEN (RFC 4271 6.2) and negotiate; `Err` is the NOTIFICATION.
     fn negotiate(&self, o: &OpenMsg) -> Result<Negotiated, NotificationMsg> {
         use codes::open::*;
-        let open_err = |sub: u8, data: Vec<u8>| NotificationMsg::new(codes::OPEN_MESSAGE, sub, data);
+        let open_err =
+            |sub: u8, data: Vec<u8>| NotificationMsg::new(codes::OPEN_MESSAGE, sub, data);
         if o.asn() != self.cfg.remote_asn {
             return Err(open_err(BAD_PEER_AS, o.my_as.to_be_bytes().to_vec()));
         }
@@ -716,7 +736,10 @@ impl Fsm {
         };
         // Collision detection (6.8) against the other connection if it has the peer's OPEN.
         let other = d.other();
-        if matches!(self.phase(other), Some(Phase::OpenConfirm | Phase::Established)) {
+        if matches!(
+            self.phase(other),
+            Some(Phase::OpenConfirm | Phase::Established)
+        ) {
             // Keep the connection opened by the side with the higher BGP identifier.
             let keep = if u32::from(self.cfg.router_id) > u32::from(neg.remote_id) {
                 Dir::Out
@@ -727,7 +750,11 @@ impl Fsm {
             let established_other = self.phase(other) == Some(Phase::Established);
             if lose == other && established_other {
                 // Never tear down an Established session for a new connection.
-                self.fail(d, NotificationMsg::cease(codes::cease::CONNECTION_COLLISION), out);
+                self.fail(
+                    d,
+                    NotificationMsg::cease(codes::cease::CONNECTION_COLLISION),
+                    out,
+                );
                 return;
             }
             self.fail(

@@ -160,8 +160,17 @@ mod tests {
         let own: Vec<IpNet> = vec!["10.244.2.0/24".parse().unwrap()];
         let c = ctx(&p, &own, true);
         let a = attrs(&[65001]);
-        for refused in ["10.244.2.0/24", "10.244.2.7/32", "10.244.0.0/16", "0.0.0.0/0"] {
-            assert_eq!(c.check_prefix(&refused.parse().unwrap()), Err(Refusal::OwnPodCidr), "{refused}");
+        for refused in [
+            "10.244.2.0/24",
+            "10.244.2.7/32",
+            "10.244.0.0/16",
+            "0.0.0.0/0",
+        ] {
+            assert_eq!(
+                c.check_prefix(&refused.parse().unwrap()),
+                Err(Refusal::OwnPodCidr),
+                "{refused}"
+            );
         }
         assert!(c.accept(&"10.244.3.0/24".parse().unwrap(), &a));
     }
@@ -177,9 +186,15 @@ mod tests {
             max_prefixes: None,
         };
         let c = ctx(&p, &[], true);
-        assert_eq!(c.check_attrs(&attrs(&[65001, 65002, 65003])), Err(Refusal::AsLoop));
+        assert_eq!(
+            c.check_attrs(&attrs(&[65001, 65002, 65003])),
+            Err(Refusal::AsLoop)
+        );
         let mut r = attrs(&[]);
         r.attrs.originator_id = Some("192.0.2.2".parse().unwrap());
-        assert_eq!(ctx(&p, &[], false).check_attrs(&r), Err(Refusal::OriginatorIsUs));
+        assert_eq!(
+            ctx(&p, &[], false).check_attrs(&r),
+            Err(Refusal::OriginatorIsUs)
+        );
     }
 }

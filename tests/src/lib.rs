@@ -1,1 +1,361 @@
-//! todo
+//! Topology helpers for Petrel's integration tests.
+//!
+//! Every test builds its own hosts as network namespaces with unique names, joins them with
+//! veth pairs, runs real daemons inside them (BIRD, GoBGP, FRR, Petrel itself) and tears it
+//! all down through guards, also when it fails: [`Daemon`] kills its process by pid,
+//! [`Netns`] kills whatever is left inside and deletes the namespace, [`TestDir`] removes its
+//! files. Nothing here touches the root namespace's addresses, routes or sysctls.
+//!
+//! Waiting is always for a condition with a deadline ([`wait_until`]), never a fixed sleep.
+
+pub mod bird;
+pub mod frr;
+pub mod gobgp;
+pub mod petrel;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short id unique to this process and call: for namespace, interface and file names.
+pub fn unique_id() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}", ((std::process::id() & 0xffffff) << 8) | (n & 0xff))
+}
+
+/// Fail early, and clearly, where the tests cannot run.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("integration tests need root: they create network namespaces");
+    }
+}
+
+pub fn require_tool(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
+        .unwrap_or(false)
+        || Path::new(tool).exists();
+    if !found {
+        panic!("{tool} not found: install the Debian package {package} (.ci/run does)");
+    }
+}
+
+/// A built binary of the workspace (target/<profile>/<name>).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is not built: run the tests with `cargo nextest run --workspace` (or cargo build --workspace first)",
+        p.display()
+    );
+    p
+}
+
+/// Run a command, panic with its output if it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// Run a shell line, panic if it fails; returns stdout.
+pub fn sh(line: &str) -> String {
+    String::from_utf8_lossy(&run(Command::new("sh").arg("-c").arg(line)).stdout).into_owned()
+}
+
+/// Poll `f` every 100 ms until it returns `Some`, or panic after `timeout` with `what`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Like [`wait_until`], with a description of the current state in the panic message.
+pub fn wait_until_or<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    diag: impl Fn() -> String,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n--- state:\n{}",
+                diag()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A scratch directory for configs, sockets and logs; removed when dropped (kept, and
+/// printed, when the test is failing, to look at the logs).
+pub struct TestDir {
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(label: &str) -> TestDir {
+        let path = PathBuf::from(format!("/tmp/petrel-tests/{}-{label}", unique_id()));
+        std::fs::create_dir_all(&path).expect("create test dir");
+        TestDir { path }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn write(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.file(name);
+        let mut f = std::fs::File::create(&p).expect("create file");
+        f.write_all(content.as_bytes()).expect("write file");
+        p
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test files kept in {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A network namespace: a host of the test topology.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(label: &str) -> Netns {
+        require_root();
+        let name = format!("pt-{}-{label}", unique_id());
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { name };
+        ns.ip("link set lo up");
+        ns
+    }
+
+    /// `ip -n NS <args>`.
+    pub fn ip(&self, args: &str) -> String {
+        let mut c = Command::new("ip");
+        c.arg("-n").arg(&self.name).args(args.split_whitespace());
+        String::from_utf8_lossy(&run(&mut c).stdout).into_owned()
+    }
+
+    /// A command inside the namespace, as a `Command` to adjust.
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Run a shell line inside the namespace; returns its output whatever the exit status.
+    pub fn sh(&self, line: &str) -> Output {
+        self.cmd("sh")
+            .arg("-c")
+            .arg(line)
+            .output()
+            .expect("run sh in netns")
+    }
+
+    /// Like [`Netns::sh`], panicking on failure; returns stdout.
+    pub fn sh_ok(&self, line: &str) -> String {
+        String::from_utf8_lossy(&run(self.cmd("sh").arg("-c").arg(line)).stdout).into_owned()
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.sh_ok(&format!("sysctl -qw {key}={value}"));
+    }
+
+    /// Start a long-running process inside the namespace, its output in `log`.
+    pub fn spawn(&self, name: &str, argv: &[&str], log: &Path) -> Daemon {
+        let out = std::fs::File::create(log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut c = self.cmd(argv[0]);
+        c.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        let child = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Daemon {
+            name: name.to_string(),
+            child: Some(child),
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// IPv4 routes in the namespace (`ip -4 route show` with extra args).
+    pub fn routes4(&self, args: &str) -> String {
+        self.ip(&format!("-4 route show {args}"))
+    }
+
+    pub fn routes6(&self, args: &str) -> String {
+        self.ip(&format!("-6 route show {args}"))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Whatever this test started in here and did not stop yet.
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    // SAFETY: plain kill(2) on a pid inside our own namespace.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A veth pair between two namespaces with addresses on each end; returns the interface
+/// names (a's, b's). Addresses are CIDRs; IPv6 ones skip duplicate address detection.
+pub fn link(a: &Netns, a_addrs: &[&str], b: &Netns, b_addrs: &[&str]) -> (String, String) {
+    let id = unique_id();
+    let (an, bn) = (format!("pv{id}a"), format!("pv{id}b"));
+    run(Command::new("ip").args([
+        "link", "add", &an, "netns", &a.name, "type", "veth", "peer", "name", &bn, "netns", &b.name,
+    ]));
+    for (ns, ifname, addrs) in [(a, &an, a_addrs), (b, &bn, b_addrs)] {
+        for addr in addrs {
+            if addr.contains(':') {
+                ns.ip(&format!("addr add {addr} dev {ifname} nodad"));
+            } else {
+                ns.ip(&format!("addr add {addr} dev {ifname}"));
+            }
+        }
+        ns.ip(&format!("link set {ifname} up"));
+    }
+    (an, bn)
+}
+
+/// A process a test started; killed by pid when dropped.
+pub struct Daemon {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on the pid of our own child.
+            unsafe {
+                libc::kill(pid as i32, sig);
+            }
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`. Returns the exit status.
+    pub fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        self.signal_child(&child, libc::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            if start.elapsed() > grace {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal_child(&self, child: &Child, sig: i32) {
+        // SAFETY: kill(2) on the pid of our own child.
+        unsafe {
+            libc::kill(child.id() as i32, sig);
+        }
+    }
+
+    /// SIGKILL now: the process gets no chance to say goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn hup(&self) {
+        self.signal(libc::SIGHUP);
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Whether `needle` appears in any line of `ip route` output as the destination.
+pub fn route_lines<'a>(table: &'a str, prefix: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .filter(|l| {
+            let l = l
+                .trim_start_matches("blackhole ")
+                .trim_start_matches("unreachable ");
+            l.split_whitespace().next() == Some(prefix)
+        })
+        .collect()
+}

@@ -27,8 +27,8 @@ use petrel_bgp::wire::NextHop;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-pub use netlink::{RouteOp, RouteTag, Target};
 use netlink::{KernelRoute, Netlink};
+pub use netlink::{RouteOp, RouteTag, Target};
 
 /// FIB figures for status and metrics.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -94,7 +94,10 @@ impl Fib {
     }
 }
 
-type Job = (Vec<RouteOp>, oneshot::Sender<std::io::Result<Vec<(usize, std::io::Error)>>>);
+type Job = (
+    Vec<RouteOp>,
+    oneshot::Sender<std::io::Result<Vec<(usize, std::io::Error)>>>,
+);
 
 /// The netlink writer thread.
 fn spawn_writer(tag: RouteTag) -> std::io::Result<mpsc::Sender<Job>> {
@@ -141,15 +144,18 @@ fn spawn_monitor(tag: RouteTag) -> std::io::Result<mpsc::Receiver<Option<IpNet>>
                 };
                 let mut off = 0;
                 while off + 16 <= n {
-                    let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or([0; 4])) as usize;
+                    let len =
+                        u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or([0; 4])) as usize;
                     let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap_or([0; 2]));
                     if len < 16 || off + len > n {
                         break;
                     }
                     // Only deletions matter; skip the (many) additions without parsing them.
                     if ty == RTM_DELROUTE
-                        && let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..off + len])
-                        && let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r)) = m.payload
+                        && let Ok(m) =
+                            NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..off + len])
+                        && let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r)) =
+                            m.payload
                         && let Some(k) = netlink::parse_route(&r, &tag)
                         && tx.blocking_send(Some(k.prefix)).is_err()
                     {
@@ -199,7 +205,10 @@ pub async fn start(
     // Everything of ours is stale until the RIB (or set_own, for the pod CIDRs) claims it.
     let stale: HashSet<IpNet> = existing.iter().map(|k: &KernelRoute| k.prefix).collect();
     if !stale.is_empty() {
-        info!(routes = stale.len(), "taking over routes left by a previous run");
+        info!(
+            routes = stale.len(),
+            "taking over routes left by a previous run"
+        );
     }
     let (tx, rx) = mpsc::channel(16);
     let mut task = FibTask {
@@ -298,8 +307,11 @@ impl FibTask {
 
     fn count(&mut self, c: &RibChange) {
         let (before, after) = (c.previous, c.next_hops.len());
-        self.summary.installed = (self.summary.installed as i64 + (after > 0) as i64 - (before > 0) as i64).max(0) as u64;
-        self.summary.ecmp = (self.summary.ecmp as i64 + (after > 1) as i64 - (before > 1) as i64).max(0) as u64;
+        self.summary.installed = (self.summary.installed as i64 + (after > 0) as i64
+            - (before > 0) as i64)
+            .max(0) as u64;
+        self.summary.ecmp =
+            (self.summary.ecmp as i64 + (after > 1) as i64 - (before > 1) as i64).max(0) as u64;
     }
 
     async fn changes(&mut self, batch: Vec<RibChange>) {
@@ -326,9 +338,15 @@ impl FibTask {
     async fn sweep(&mut self) {
         let stale: Vec<IpNet> = self.stale.drain().collect();
         if !stale.is_empty() {
-            info!(routes = stale.len(), "removing routes of a previous run the RIB no longer selects");
+            info!(
+                routes = stale.len(),
+                "removing routes of a previous run the RIB no longer selects"
+            );
         }
-        let ops = stale.into_iter().map(|prefix| RouteOp::Delete { prefix }).collect();
+        let ops = stale
+            .into_iter()
+            .map(|prefix| RouteOp::Delete { prefix })
+            .collect();
         self.apply(ops).await;
         self.summary.synced = true;
     }
@@ -367,13 +385,19 @@ impl FibTask {
         let failed = self.apply(ops).await.len();
         if n > 0 {
             self.summary.restored += (n - failed) as u64;
-            info!(routes = n, "checked routes deleted from outside and restored the missing ones");
+            info!(
+                routes = n,
+                "checked routes deleted from outside and restored the missing ones"
+            );
         }
     }
 
     /// Compare the kernel with the RIB after lost notifications, and fix what differs.
     async fn resync(&mut self) {
-        if self.last_resync.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+        if self
+            .last_resync
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
             return;
         }
         self.last_resync = Some(Instant::now());

@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
-    NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteNextHop, RouteProtocol,
@@ -34,11 +34,19 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteOp {
     /// Install or replace.
-    Replace { prefix: IpNet, target: Target },
+    Replace {
+        prefix: IpNet,
+        target: Target,
+    },
     /// Install unless a route for the prefix is there already (used to restore a route
     /// someone deleted without racing a replace of our own).
-    AddIfMissing { prefix: IpNet, target: Target },
-    Delete { prefix: IpNet },
+    AddIfMissing {
+        prefix: IpNet,
+        target: Target,
+    },
+    Delete {
+        prefix: IpNet,
+    },
 }
 
 impl RouteOp {
@@ -110,11 +118,10 @@ impl Netlink {
         m.header.protocol = RouteProtocol::from(t.protocol);
         m.header.scope = RouteScope::Universe;
         m.header.kind = kind;
-        m.attributes
-            .push(RouteAttribute::Destination(match prefix {
-                IpNet::V4(n) => RouteAddress::Inet(n.network()),
-                IpNet::V6(n) => RouteAddress::Inet6(n.network()),
-            }));
+        m.attributes.push(RouteAttribute::Destination(match prefix {
+            IpNet::V4(n) => RouteAddress::Inet(n.network()),
+            IpNet::V6(n) => RouteAddress::Inet6(n.network()),
+        }));
         m.attributes.push(RouteAttribute::Table(t.table));
         m.attributes.push(RouteAttribute::Priority(t.metric));
         m
@@ -196,15 +203,20 @@ impl Netlink {
                 let n = self.sock.recv(&mut &mut self.rx[..], 0)?;
                 let mut off = 0;
                 while off + 16 <= n {
-                    let len = u32::from_ne_bytes(self.rx[off..off + 4].try_into().unwrap_or([0; 4])) as usize;
+                    let len = u32::from_ne_bytes(self.rx[off..off + 4].try_into().unwrap_or([0; 4]))
+                        as usize;
                     if len < 16 || off + len > n {
                         break;
                     }
-                    let seq = u32::from_ne_bytes(self.rx[off + 8..off + 12].try_into().unwrap_or([0; 4]));
-                    let ty = u16::from_ne_bytes(self.rx[off + 4..off + 6].try_into().unwrap_or([0; 2]));
+                    let seq =
+                        u32::from_ne_bytes(self.rx[off + 8..off + 12].try_into().unwrap_or([0; 4]));
+                    let ty =
+                        u16::from_ne_bytes(self.rx[off + 4..off + 6].try_into().unwrap_or([0; 2]));
                     // NLMSG_ERROR (2) carries the status; anything else is not for us.
                     if ty == 2 && len >= 20 {
-                        let code = i32::from_ne_bytes(self.rx[off + 16..off + 20].try_into().unwrap_or([0; 4]));
+                        let code = i32::from_ne_bytes(
+                            self.rx[off + 16..off + 20].try_into().unwrap_or([0; 4]),
+                        );
                         if let Some(&(_, idx)) = seqs.iter().find(|(s, _)| *s == seq) {
                             pending -= 1;
                             if code != 0 {
@@ -241,9 +253,13 @@ impl Netlink {
                 let n = self.sock.recv(&mut &mut self.rx[..], 0)?;
                 let mut off = 0;
                 while off < n {
-                    let msg = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.rx[off..n]) {
+                    let msg = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(
+                        &self.rx[off..n],
+                    ) {
                         Ok(m) => m,
-                        Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+                        Err(e) => {
+                            return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+                        }
                     };
                     let len = msg.header.length as usize;
                     if msg.header.sequence_number == seq {

@@ -98,7 +98,10 @@ fn active_open_to_established() {
     assert_eq!((open.asn(), open.hold_time, open.router_id), (65002, 9, ME));
     assert_eq!(open.caps.families, vec![Afi::Ipv4, Afi::Ipv6]);
     assert!(open.caps.graceful_restart.is_some() && open.caps.route_refresh);
-    assert_eq!(a[2], Action::ArmTimer(Timer::Hold(Dir::Out), OPEN_HOLD_TIME));
+    assert_eq!(
+        a[2],
+        Action::ArmTimer(Timer::Hold(Dir::Out), OPEN_HOLD_TIME)
+    );
     assert_eq!(f.state(), State::OpenSent);
 
     let a = f.handle(Input::Message(Dir::Out, peer_open(LOW, true)));
@@ -129,7 +132,10 @@ fn active_open_to_established() {
         ]
     );
     // An UPDATE restarts the hold timer and goes to the RIB.
-    let a = f.handle(Input::Message(Dir::Out, Message::Update(UpdateMsg::default())));
+    let a = f.handle(Input::Message(
+        Dir::Out,
+        Message::Update(UpdateMsg::default()),
+    ));
     assert_eq!(
         a,
         vec![
@@ -155,7 +161,10 @@ fn passive_waits_for_the_peer() {
 #[test]
 fn idle_refuses_connections() {
     let mut f = Fsm::new(cfg());
-    assert_eq!(f.handle(Input::Connected(Dir::In)), vec![Action::Close(Dir::In)]);
+    assert_eq!(
+        f.handle(Input::Connected(Dir::In)),
+        vec![Action::Close(Dir::In)]
+    );
     assert_eq!(f.state(), State::Idle);
 }
 
@@ -242,7 +251,10 @@ fn unexpected_messages_are_fsm_errors() {
     f.handle(Input::Start);
     f.handle(Input::Connected(Dir::Out));
     f.handle(Input::Message(Dir::Out, peer_open(LOW, false)));
-    let a = f.handle(Input::Message(Dir::Out, Message::Update(UpdateMsg::default())));
+    let a = f.handle(Input::Message(
+        Dir::Out,
+        Message::Update(UpdateMsg::default()),
+    ));
     assert_eq!(notification(&a, Dir::Out), Some((5, 2)));
 
     let mut f = established(LOW, false);
@@ -266,8 +278,14 @@ fn lost_connection_keeps_routes_of_a_graceful_restart_peer() {
     let mut f = established(LOW, true);
     let a = f.handle(Input::Closed(Dir::Out));
     assert_eq!(notification(&a, Dir::Out), None);
-    assert_eq!(down(&a), Some((DownReason::ConnectionLost, vec![Afi::Ipv4])));
-    assert!(a.iter().any(|a| matches!(a, Action::Down { stale_for: 120, .. })));
+    assert_eq!(
+        down(&a),
+        Some((DownReason::ConnectionLost, vec![Afi::Ipv4]))
+    );
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::Down { stale_for: 120, .. }))
+    );
 
     let mut f = established(LOW, false);
     let a = f.handle(Input::Closed(Dir::Out));
@@ -298,7 +316,9 @@ fn malformed_message_sends_its_notification() {
 #[test]
 fn max_prefix_error_ceases() {
     let mut f = established(LOW, false);
-    let a = f.handle(Input::Error(NotificationMsg::cease(codes::cease::MAX_PREFIXES)));
+    let a = f.handle(Input::Error(NotificationMsg::cease(
+        codes::cease::MAX_PREFIXES,
+    )));
     assert_eq!(notification(&a, Dir::Out), Some((6, 1)));
     assert!(down(&a).is_some());
 }
@@ -350,7 +370,11 @@ fn graceful_restart_peer_reconnecting_replaces_the_old_session() {
     let a = f.handle(Input::Connected(Dir::In));
     assert_eq!(down(&a), Some((DownReason::PeerRestarted, vec![Afi::Ipv4])));
     assert!(a.contains(&Action::Close(Dir::Out)));
-    assert!(sends(&a, Dir::In).iter().any(|m| matches!(m, Message::Open(_))));
+    assert!(
+        sends(&a, Dir::In)
+            .iter()
+            .any(|m| matches!(m, Message::Open(_)))
+    );
     assert_eq!(f.state(), State::OpenSent);
 }
 
@@ -365,7 +389,10 @@ fn route_refresh_only_for_negotiated_families() {
     let a = f.handle(Input::Message(Dir::Out, rr(1, 1)));
     assert!(a.contains(&Action::RouteRefresh(Afi::Ipv4)));
     let a = f.handle(Input::Message(Dir::Out, rr(2, 1)));
-    assert!(!a.iter().any(|a| matches!(a, Action::RouteRefresh(_))), "IPv6 was not negotiated");
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::RouteRefresh(_))),
+        "IPv6 was not negotiated"
+    );
 }
 
 #[test]
@@ -383,7 +410,11 @@ fn stop_sends_cease_or_closes_gracefully() {
         notification: None,
         graceful: true,
     });
-    assert_eq!(notification(&a, Dir::Out), None, "the peer must see a lost connection");
+    assert_eq!(
+        notification(&a, Dir::Out),
+        None,
+        "the peer must see a lost connection"
+    );
     assert!(a.contains(&Action::Close(Dir::Out)));
     assert_eq!(down(&a).map(|d| d.0), Some(DownReason::GracefulStop));
 }

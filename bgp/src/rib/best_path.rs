@@ -49,7 +49,11 @@ pub(crate) struct Candidate<'a> {
 
 impl Candidate<'_> {
     fn local_pref(&self) -> u32 {
-        self.path.attrs.attrs.local_pref.unwrap_or(DEFAULT_LOCAL_PREF)
+        self.path
+            .attrs
+            .attrs
+            .local_pref
+            .unwrap_or(DEFAULT_LOCAL_PREF)
     }
     fn med(&self) -> u32 {
         // RFC 4271 9.1.2.2 c: a missing MED is the lowest value.
@@ -72,15 +76,28 @@ pub(crate) fn compare(a: &Candidate<'_>, b: &Candidate<'_>) -> (Ordering, Reason
     let steps: [(Ordering, Reason); 9] = [
         (b.local_pref().cmp(&a.local_pref()), Reason::LocalPref),
         (
-            a.path.attrs.attrs.as_path.path_len().cmp(&b.path.attrs.attrs.as_path.path_len()),
+            a.path
+                .attrs
+                .attrs
+                .as_path
+                .path_len()
+                .cmp(&b.path.attrs.attrs.as_path.path_len()),
             Reason::AsPathLength,
         ),
-        (a.path.attrs.attrs.origin.cmp(&b.path.attrs.attrs.origin), Reason::Origin),
+        (
+            a.path.attrs.attrs.origin.cmp(&b.path.attrs.attrs.origin),
+            Reason::Origin,
+        ),
         (med_order(a, b), Reason::Med),
         (b.peer.ebgp.cmp(&a.peer.ebgp), Reason::ExternalOverInternal),
         (a.path.stale.cmp(&b.path.stale), Reason::NotStale),
         (
-            a.path.attrs.attrs.cluster_list.len().cmp(&b.path.attrs.attrs.cluster_list.len()),
+            a.path
+                .attrs
+                .attrs
+                .cluster_list
+                .len()
+                .cmp(&b.path.attrs.attrs.cluster_list.len()),
             Reason::ClusterListLength,
         ),
         (a.router_id().cmp(&b.router_id()), Reason::RouterId),

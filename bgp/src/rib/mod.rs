@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-pub use best_path::{DEFAULT_LOCAL_PREF, Reason};
 use best_path::{Candidate, compare, multipath_equal};
+pub use best_path::{DEFAULT_LOCAL_PREF, Reason};
 
 use crate::wire::{Afi, NextHop, PathAttrs};
 
@@ -201,16 +201,48 @@ impl Rib {
             accepted,
         };
         match prefix {
-            IpNet::V4(p) => upsert(&mut self.v4, &self.peers, &mut self.counts, self.max_paths, p, path, out),
-            IpNet::V6(p) => upsert(&mut self.v6, &self.peers, &mut self.counts, self.max_paths, p, path, out),
+            IpNet::V4(p) => upsert(
+                &mut self.v4,
+                &self.peers,
+                &mut self.counts,
+                self.max_paths,
+                p,
+                path,
+                out,
+            ),
+            IpNet::V6(p) => upsert(
+                &mut self.v6,
+                &self.peers,
+                &mut self.counts,
+                self.max_paths,
+                p,
+                path,
+                out,
+            ),
         }
     }
 
     /// Remove `peer`'s path to `prefix`, if it has one.
     pub fn withdraw(&mut self, peer: PeerId, prefix: IpNet, out: &mut Vec<RibChange>) {
         match prefix {
-            IpNet::V4(p) => remove(&mut self.v4, &self.peers, &mut self.counts, self.max_paths, p, peer, out),
-            IpNet::V6(p) => remove(&mut self.v6, &self.peers, &mut self.counts, self.max_paths, p, peer, out),
+            IpNet::V4(p) => remove(
+                &mut self.v4,
+                &self.peers,
+                &mut self.counts,
+                self.max_paths,
+                p,
+                peer,
+                out,
+            ),
+            IpNet::V6(p) => remove(
+                &mut self.v6,
+                &self.peers,
+                &mut self.counts,
+                self.max_paths,
+                p,
+                peer,
+                out,
+            ),
         }
     }
 
@@ -219,12 +251,36 @@ impl Rib {
     pub fn peer_down(&mut self, peer: PeerId, keep: &[Afi], out: &mut Vec<RibChange>) {
         let keep4 = keep.contains(&Afi::Ipv4);
         let keep6 = keep.contains(&Afi::Ipv6);
-        sweep(&mut self.v4, &self.peers, &mut self.counts, self.max_paths, peer, out, |_, _| {
-            if keep4 { Sweep::MarkStale } else { Sweep::Remove }
-        });
-        sweep(&mut self.v6, &self.peers, &mut self.counts, self.max_paths, peer, out, |_, _| {
-            if keep6 { Sweep::MarkStale } else { Sweep::Remove }
-        });
+        sweep(
+            &mut self.v4,
+            &self.peers,
+            &mut self.counts,
+            self.max_paths,
+            peer,
+            out,
+            |_, _| {
+                if keep4 {
+                    Sweep::MarkStale
+                } else {
+                    Sweep::Remove
+                }
+            },
+        );
+        sweep(
+            &mut self.v6,
+            &self.peers,
+            &mut self.counts,
+            self.max_paths,
+            peer,
+            out,
+            |_, _| {
+                if keep6 {
+                    Sweep::MarkStale
+                } else {
+                    Sweep::Remove
+                }
+            },
+        );
     }
 
     /// Remove the peer's paths still stale: for one family after its End-of-RIB, or for all
@@ -235,10 +291,26 @@ impl Rib {
         }
         let rule = |_: IpNet, p: &Path| if p.stale { Sweep::Remove } else { Sweep::Keep };
         if afi != Some(Afi::Ipv6) {
-            sweep(&mut self.v4, &self.peers, &mut self.counts, self.max_paths, peer, out, rule);
+            sweep(
+                &mut self.v4,
+                &self.peers,
+                &mut self.counts,
+                self.max_paths,
+                peer,
+                out,
+                rule,
+            );
         }
         if afi != Some(Afi::Ipv4) {
-            sweep(&mut self.v6, &self.peers, &mut self.counts, self.max_paths, peer, out, rule);
+            sweep(
+                &mut self.v6,
+                &self.peers,
+                &mut self.counts,
+                self.max_paths,
+                peer,
+                out,
+                rule,
+            );
         }
     }
 
@@ -249,12 +321,24 @@ impl Rib {
         mut accept: impl FnMut(&IpNet, &RouteAttrs) -> bool,
         out: &mut Vec<RibChange>,
     ) {
-        sweep(&mut self.v4, &self.peers, &mut self.counts, self.max_paths, peer, out, |k, p| {
-            Sweep::SetAccepted(accept(&k, &p.attrs))
-        });
-        sweep(&mut self.v6, &self.peers, &mut self.counts, self.max_paths, peer, out, |k, p| {
-            Sweep::SetAccepted(accept(&k, &p.attrs))
-        });
+        sweep(
+            &mut self.v4,
+            &self.peers,
+            &mut self.counts,
+            self.max_paths,
+            peer,
+            out,
+            |k, p| Sweep::SetAccepted(accept(&k, &p.attrs)),
+        );
+        sweep(
+            &mut self.v6,
+            &self.peers,
+            &mut self.counts,
+            self.max_paths,
+            peer,
+            out,
+            |k, p| Sweep::SetAccepted(accept(&k, &p.attrs)),
+        );
     }
 
     /// The next hops selected for `prefix` (empty when none).
@@ -561,7 +645,11 @@ fn select(dest: &mut Dest, peers: &[Option<PeerInfo>], max_paths: usize) {
                                 &Candidate { path: p, peer: pi },
                                 &Candidate { path: q, peer: qi },
                             );
-                            if o == std::cmp::Ordering::Less { Some(i) } else { Some(j) }
+                            if o == std::cmp::Ordering::Less {
+                                Some(i)
+                            } else {
+                                Some(j)
+                            }
                         }
                         None => Some(i),
                     }

@@ -46,14 +46,40 @@ fn rib() -> Rib {
 fn announce_withdraw_reports_changes() {
     let mut r = rib();
     let mut out = Vec::new();
-    r.announce(0, P.parse().unwrap(), route("198.51.100.1", &[65001]), true, &mut out);
-    assert_eq!(out, vec![RibChange { prefix: P.parse().unwrap(), next_hops: vec![nh("198.51.100.1")], previous: 0 }]);
+    r.announce(
+        0,
+        P.parse().unwrap(),
+        route("198.51.100.1", &[65001]),
+        true,
+        &mut out,
+    );
+    assert_eq!(
+        out,
+        vec![RibChange {
+            prefix: P.parse().unwrap(),
+            next_hops: vec![nh("198.51.100.1")],
+            previous: 0
+        }]
+    );
     out.clear();
     // The same route again changes nothing.
-    r.announce(0, P.parse().unwrap(), route("198.51.100.1", &[65001]), true, &mut out);
+    r.announce(
+        0,
+        P.parse().unwrap(),
+        route("198.51.100.1", &[65001]),
+        true,
+        &mut out,
+    );
     assert!(out.is_empty());
     r.withdraw(0, P.parse().unwrap(), &mut out);
-    assert_eq!(out, vec![RibChange { prefix: P.parse().unwrap(), next_hops: vec![], previous: 1 }]);
+    assert_eq!(
+        out,
+        vec![RibChange {
+            prefix: P.parse().unwrap(),
+            next_hops: vec![],
+            previous: 1
+        }]
+    );
     assert!(r.is_empty());
     assert_eq!(r.counts(0), PeerCounts::default());
 }
@@ -62,12 +88,34 @@ fn announce_withdraw_reports_changes() {
 fn equal_paths_from_two_peers_make_ecmp() {
     let mut r = rib();
     let mut out = Vec::new();
-    r.announce(0, P.parse().unwrap(), route("198.51.100.1", &[65001, 65100]), true, &mut out);
-    r.announce(1, P.parse().unwrap(), route("198.51.100.3", &[65003, 65100]), true, &mut out);
-    assert_eq!(out.last().unwrap().next_hops, vec![nh("198.51.100.1"), nh("198.51.100.3")]);
+    r.announce(
+        0,
+        P.parse().unwrap(),
+        route("198.51.100.1", &[65001, 65100]),
+        true,
+        &mut out,
+    );
+    r.announce(
+        1,
+        P.parse().unwrap(),
+        route("198.51.100.3", &[65003, 65100]),
+        true,
+        &mut out,
+    );
+    assert_eq!(
+        out.last().unwrap().next_hops,
+        vec![nh("198.51.100.1"), nh("198.51.100.3")]
+    );
     out.clear();
     r.withdraw(0, P.parse().unwrap(), &mut out);
-    assert_eq!(out, vec![RibChange { prefix: P.parse().unwrap(), next_hops: vec![nh("198.51.100.3")], previous: 2 }]);
+    assert_eq!(
+        out,
+        vec![RibChange {
+            prefix: P.parse().unwrap(),
+            next_hops: vec![nh("198.51.100.3")],
+            previous: 2
+        }]
+    );
 }
 
 #[test]
@@ -75,8 +123,20 @@ fn max_paths_limits_ecmp() {
     let mut r = rib();
     r.max_paths = 1;
     let mut out = Vec::new();
-    r.announce(0, P.parse().unwrap(), route("198.51.100.1", &[65001]), true, &mut out);
-    r.announce(1, P.parse().unwrap(), route("198.51.100.3", &[65003]), true, &mut out);
+    r.announce(
+        0,
+        P.parse().unwrap(),
+        route("198.51.100.1", &[65001]),
+        true,
+        &mut out,
+    );
+    r.announce(
+        1,
+        P.parse().unwrap(),
+        route("198.51.100.3", &[65003]),
+        true,
+        &mut out,
+    );
     // Tie broken on router id: 1.1.1.1 < 3.3.3.3.
     assert_eq!(r.next_hops(&P.parse().unwrap()), vec![nh("198.51.100.1")]);
 }
@@ -86,11 +146,27 @@ fn decision_steps_in_order() {
     let p: IpNet = P.parse().unwrap();
     let cases: Vec<(Arc<RouteAttrs>, Arc<RouteAttrs>, &str)> = vec![
         // Local preference beats a shorter path.
-        (with(|a| a.local_pref = Some(200), "198.51.100.1", &[1, 2, 3]), route("198.51.100.3", &[1]), "higher local preference"),
-        (route("198.51.100.1", &[1]), route("198.51.100.3", &[1, 2]), "shorter AS path"),
-        (route("198.51.100.1", &[1]), with(|a| a.origin = Origin::Incomplete, "198.51.100.3", &[2]), "lower origin"),
+        (
+            with(|a| a.local_pref = Some(200), "198.51.100.1", &[1, 2, 3]),
+            route("198.51.100.3", &[1]),
+            "higher local preference",
+        ),
+        (
+            route("198.51.100.1", &[1]),
+            route("198.51.100.3", &[1, 2]),
+            "shorter AS path",
+        ),
+        (
+            route("198.51.100.1", &[1]),
+            with(|a| a.origin = Origin::Incomplete, "198.51.100.3", &[2]),
+            "lower origin",
+        ),
         // Same neighbour AS: MED decides.
-        (with(|a| a.med = Some(5), "198.51.100.1", &[7]), with(|a| a.med = Some(10), "198.51.100.3", &[7]), "lower MED"),
+        (
+            with(|a| a.med = Some(5), "198.51.100.1", &[7]),
+            with(|a| a.med = Some(10), "198.51.100.3", &[7]),
+            "lower MED",
+        ),
     ];
     for (win, lose, why) in cases {
         let mut r = rib();
@@ -110,8 +186,20 @@ fn med_from_different_neighbours_is_not_compared() {
     let p: IpNet = P.parse().unwrap();
     let mut r = rib();
     let mut out = Vec::new();
-    r.announce(0, p, with(|a| a.med = Some(50), "198.51.100.1", &[7]), true, &mut out);
-    r.announce(1, p, with(|a| a.med = Some(10), "198.51.100.3", &[8]), true, &mut out);
+    r.announce(
+        0,
+        p,
+        with(|a| a.med = Some(50), "198.51.100.1", &[7]),
+        true,
+        &mut out,
+    );
+    r.announce(
+        1,
+        p,
+        with(|a| a.med = Some(10), "198.51.100.3", &[8]),
+        true,
+        &mut out,
+    );
     // Not comparable: both stay in the ECMP set.
     assert_eq!(r.next_hops(&p).len(), 2);
 }
@@ -121,7 +209,13 @@ fn ebgp_over_ibgp() {
     let p: IpNet = P.parse().unwrap();
     let mut r = rib();
     let mut out = Vec::new();
-    r.announce(2, p, with(|a| a.local_pref = Some(100), "198.51.100.4", &[9]), true, &mut out);
+    r.announce(
+        2,
+        p,
+        with(|a| a.local_pref = Some(100), "198.51.100.4", &[9]),
+        true,
+        &mut out,
+    );
     r.announce(1, p, route("198.51.100.3", &[9]), true, &mut out);
     assert_eq!(r.next_hops(&p), vec![nh("198.51.100.3")]);
 }
@@ -133,7 +227,14 @@ fn refused_paths_are_kept_but_never_selected() {
     let mut out = Vec::new();
     r.announce(0, p, route("198.51.100.1", &[1]), false, &mut out);
     assert!(out.is_empty());
-    assert_eq!(r.counts(0), PeerCounts { received: 1, accepted: 0, stale: 0 });
+    assert_eq!(
+        r.counts(0),
+        PeerCounts {
+            received: 1,
+            accepted: 0,
+            stale: 0
+        }
+    );
     // Policy changes: re-evaluate without asking the peer.
     r.reevaluate(0, |_, _| true, &mut out);
     assert_eq!(out.len(), 1);
@@ -151,13 +252,24 @@ fn graceful_restart_keeps_stale_until_end_of_rib() {
     r.announce(0, b, route("198.51.100.1", &[1]), true, &mut out);
     let six = Arc::new(RouteAttrs {
         attrs: PathAttrs::default(),
-        next_hop: NextHop::V6 { global: "2001:db8::1".parse().unwrap(), link_local: None },
+        next_hop: NextHop::V6 {
+            global: "2001:db8::1".parse().unwrap(),
+            link_local: None,
+        },
     });
     r.announce(0, v6, six, true, &mut out);
     out.clear();
     // Down, IPv4 kept over the restart, IPv6 not.
     r.peer_down(0, &[Afi::Ipv4], &mut out);
-    assert_eq!(out, vec![RibChange { prefix: v6, next_hops: vec![], previous: 1 }], "only IPv6 left the Loc-RIB");
+    assert_eq!(
+        out,
+        vec![RibChange {
+            prefix: v6,
+            next_hops: vec![],
+            previous: 1
+        }],
+        "only IPv6 left the Loc-RIB"
+    );
     assert_eq!(r.counts(0).stale, 2);
     out.clear();
     // The peer comes back and sends one of the two again: it is fresh, the other still stale.
@@ -165,8 +277,22 @@ fn graceful_restart_keeps_stale_until_end_of_rib() {
     assert!(out.is_empty(), "same next hop: no FIB change");
     assert_eq!(r.counts(0).stale, 1);
     r.sweep_stale(0, Some(Afi::Ipv4), &mut out);
-    assert_eq!(out, vec![RibChange { prefix: b, next_hops: vec![], previous: 1 }]);
-    assert_eq!(r.counts(0), PeerCounts { received: 1, accepted: 1, stale: 0 });
+    assert_eq!(
+        out,
+        vec![RibChange {
+            prefix: b,
+            next_hops: vec![],
+            previous: 1
+        }]
+    );
+    assert_eq!(
+        r.counts(0),
+        PeerCounts {
+            received: 1,
+            accepted: 1,
+            stale: 0
+        }
+    );
 }
 
 #[test]

@@ -253,7 +253,10 @@ impl Manager {
             SpeakerCmd::SetOriginated(o) => {
                 self.originated = Arc::new(o);
                 for p in self.peers.values() {
-                    let _ = p.cmd.send(PeerCmd::SetOriginated(self.originated.clone())).await;
+                    let _ = p
+                        .cmd
+                        .send(PeerCmd::SetOriginated(self.originated.clone()))
+                        .await;
                 }
             }
             SpeakerCmd::Status(tx) => {
@@ -330,7 +333,8 @@ impl Manager {
                 }
                 Some(_) => {
                     info!(peer = %p.name, "peer changed: restarting its session");
-                    let same_address = self.peers.get(&p.name).map(|h| h.cfg.address) == Some(p.address);
+                    let same_address =
+                        self.peers.get(&p.name).map(|h| h.cfg.address) == Some(p.address);
                     let id = self
                         .stop_peer(
                             &p.name,

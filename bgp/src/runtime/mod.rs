@@ -196,7 +196,10 @@ pub(crate) enum SpeakerCmd {
     Routes(oneshot::Sender<Vec<RouteView>>),
     Lookup(Vec<IpNet>, oneshot::Sender<Vec<Vec<NextHop>>>),
     Selected(oneshot::Sender<Vec<(IpNet, Vec<NextHop>)>>),
-    Shutdown { graceful: bool, done: oneshot::Sender<()> },
+    Shutdown {
+        graceful: bool,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// Handle to a running speaker; cheap to clone.
@@ -259,7 +262,8 @@ impl Speaker {
     /// Stop every session: with a Cease, or, with `graceful`, by closing the connections
     /// so that graceful-restart peers keep our routes for the restart time.
     pub async fn shutdown(&self, graceful: bool) -> Result<(), Error> {
-        self.ask(|done| SpeakerCmd::Shutdown { graceful, done }).await
+        self.ask(|done| SpeakerCmd::Shutdown { graceful, done })
+            .await
     }
 }
 

@@ -287,7 +287,9 @@ impl PeerTask {
                 use tokio::io::AsyncWriteExt;
                 let mut s = stream;
                 let n = NotificationMsg::cease(codes::cease::CONNECTION_COLLISION);
-                let _ = s.write_all(&wire::encode(&Message::Notification(n), &Codec::INITIAL)).await;
+                let _ = s
+                    .write_all(&wire::encode(&Message::Notification(n), &Codec::INITIAL))
+                    .await;
                 let _ = s.shutdown().await;
             });
             return;
@@ -484,7 +486,13 @@ impl PeerTask {
         let preserved: Vec<Afi> = n
             .peer_gr
             .as_ref()
-            .map(|g| g.families.iter().filter(|(_, f)| *f).map(|(a, _)| *a).collect())
+            .map(|g| {
+                g.families
+                    .iter()
+                    .filter(|(_, f)| *f)
+                    .map(|(a, _)| *a)
+                    .collect()
+            })
             .unwrap_or_default();
         self.pending.push_back(RibEvent::PeerUp {
             id: self.id,
@@ -505,7 +513,11 @@ impl PeerTask {
         self.advertised.clear();
         self.sync_exports();
         // End-of-RIB after the initial update (RFC 4724 2), for every family.
-        let fams = self.negotiated.as_ref().map(|n| n.families.clone()).unwrap_or_default();
+        let fams = self
+            .negotiated
+            .as_ref()
+            .map(|n| n.families.clone())
+            .unwrap_or_default();
         for afi in fams {
             self.send_update(&UpdateMsg::end_of_rib(afi));
         }
@@ -526,11 +538,7 @@ impl PeerTask {
     }
 
     fn local_addresses(&self) -> Vec<IpAddr> {
-        self.conns
-            .iter()
-            .flatten()
-            .map(|c| c.local.ip())
-            .collect()
+        self.conns.iter().flatten().map(|c| c.local.ip()).collect()
     }
 
     fn import_context<'a>(&'a self, locals: &'a [IpAddr]) -> ImportContext<'a> {
@@ -597,7 +605,8 @@ impl PeerTask {
                 self.eor_at.push((afi, since.elapsed().as_secs_f64()));
             }
             debug!(%afi, "End-of-RIB received");
-            self.pending.push_back(RibEvent::EndOfRib { id: self.id, afi });
+            self.pending
+                .push_back(RibEvent::EndOfRib { id: self.id, afi });
         }
     }
 
@@ -605,7 +614,12 @@ impl PeerTask {
         let locals = self.local_addresses();
         let ctx = self.import_context(&locals);
         let policy = ctx.policy.clone();
-        let (asn, id, ebgp, own) = (ctx.local_asn, ctx.router_id, ctx.ebgp, self.originated.clone());
+        let (asn, id, ebgp, own) = (
+            ctx.local_asn,
+            ctx.router_id,
+            ctx.ebgp,
+            self.originated.clone(),
+        );
         let accept = move |p: &IpNet, r: &RouteAttrs| {
             ImportContext {
                 local_asn: asn,
@@ -693,7 +707,8 @@ impl PeerTask {
                     ..Default::default()
                 });
             }
-            if self.originated.iter().any(|p| Afi::of(p) == afi) && self.export_route(afi).is_none() {
+            if self.originated.iter().any(|p| Afi::of(p) == afi) && self.export_route(afi).is_none()
+            {
                 warn!(%afi, "no next hop for this family on this session: not advertised (set next_hop_{afi})");
             }
             self.advertised.insert(afi, want);
@@ -761,11 +776,14 @@ pub(crate) fn fsm_config(cfg: &PeerConfig, speaker: &SpeakerConfig) -> FsmConfig
         passive: cfg.passive,
         families: cfg.families.clone(),
         graceful_restart: match (&speaker.graceful_restart, cfg.graceful_restart) {
-            (Some(GracefulRestart {
-                restart_time,
-                restarting,
-                ..
-            }), true) => Some(GrConfig {
+            (
+                Some(GracefulRestart {
+                    restart_time,
+                    restarting,
+                    ..
+                }),
+                true,
+            ) => Some(GrConfig {
                 restart_time: *restart_time,
                 restarting: *restarting,
                 forwarding_preserved: *restarting,

@@ -25,6 +25,9 @@ pub enum RibOutput {
     Synced,
 }
 
+/// Prefixes announced with one set of attributes, each with the import policy's verdict.
+pub(crate) type Announced = Vec<(Arc<RouteAttrs>, Vec<(IpNet, bool)>)>;
+
 pub(crate) type AcceptFn = Box<dyn FnMut(&IpNet, &RouteAttrs) -> bool + Send>;
 
 pub(crate) enum RibEvent {
@@ -45,7 +48,7 @@ pub(crate) enum RibEvent {
     Update {
         id: PeerId,
         withdrawn: Vec<IpNet>,
-        announced: Vec<(Arc<RouteAttrs>, Vec<(IpNet, bool)>)>,
+        announced: Announced,
     },
     EndOfRib {
         id: PeerId,
@@ -108,7 +111,10 @@ impl RibTask {
             sync_deadline: Some(Instant::now() + sync_timeout),
             synced: false,
         };
-        tokio::spawn(tracing::Instrument::instrument(task.run(rx), tracing::info_span!("rib")));
+        tokio::spawn(tracing::Instrument::instrument(
+            task.run(rx),
+            tracing::info_span!("rib"),
+        ));
         tx
     }
 
@@ -156,8 +162,8 @@ impl RibTask {
         if self.synced {
             return;
         }
-        let done = self.sync_waiting.is_empty()
-            || self.sync_deadline.is_some_and(|d| Instant::now() >= d);
+        let done =
+            self.sync_waiting.is_empty() || self.sync_deadline.is_some_and(|d| Instant::now() >= d);
         if done {
             if !self.sync_waiting.is_empty() {
                 info!(
@@ -184,7 +190,11 @@ impl RibTask {
             self.stale_deadline.remove(&p);
             let before = changes.len();
             self.rib.sweep_stale(p, None, changes);
-            info!(peer = p, removed = changes.len() - before, "stale routes timed out");
+            info!(
+                peer = p,
+                removed = changes.len() - before,
+                "stale routes timed out"
+            );
         }
     }
 
@@ -215,7 +225,8 @@ impl RibTask {
                     }
                 }
                 if self.rib.counts(id).stale > 0 {
-                    self.stale_deadline.insert(id, Instant::now() + self.stale_time);
+                    self.stale_deadline
+                        .insert(id, Instant::now() + self.stale_time);
                 } else {
                     self.stale_deadline.remove(&id);
                 }
@@ -299,7 +310,12 @@ impl RibTask {
                 let _ = tx.send(self.rib.view());
             }
             Query::Counts(tx) => {
-                let _ = tx.send(self.peers.keys().map(|p| (*p, self.rib.counts(*p))).collect());
+                let _ = tx.send(
+                    self.peers
+                        .keys()
+                        .map(|p| (*p, self.rib.counts(*p)))
+                        .collect(),
+                );
             }
             Query::Lookup(prefixes, tx) => {
                 let _ = tx.send(prefixes.iter().map(|p| self.rib.next_hops(p)).collect());

@@ -63,7 +63,12 @@ pub fn set_md5<S: AsRawFd>(sock: &S, peer: IpAddr, key: &[u8]) -> io::Result<()>
     }
 }
 
-fn set_int<S: AsRawFd>(sock: &S, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
+fn set_int<S: AsRawFd>(
+    sock: &S,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: plain integer option, valid fd, exact size.
     let rc = unsafe {
         libc::setsockopt(
@@ -93,7 +98,12 @@ pub fn set_ttl(sock: &Socket, v6: bool, ttl: u8) -> io::Result<()> {
 /// Drop incoming packets whose TTL is below `min` (GTSM, RFC 5082).
 pub fn set_min_ttl<S: AsRawFd>(sock: &S, v6: bool, min: u8) -> io::Result<()> {
     if v6 {
-        set_int(sock, libc::IPPROTO_IPV6, libc::IPV6_MINHOPCOUNT, min as libc::c_int)
+        set_int(
+            sock,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MINHOPCOUNT,
+            min as libc::c_int,
+        )
     } else {
         set_int(sock, libc::IPPROTO_IP, libc::IP_MINTTL, min as libc::c_int)
     }

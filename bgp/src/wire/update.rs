@@ -684,20 +684,18 @@ fn apply(b: &mut Builder, v: PathAttributeValue, codec: &Codec) {
             b.as_path = true;
             a.as_path = as_path_of(&p);
         }
-        PathAttributeValue::As4Path(p) => {
-            // Only meaningful on a 2-octet session (RFC 6793 4.1: ignored otherwise).
-            if !codec.asn4 {
-                b.as4_path = Some(AsPath {
-                    segments: p
-                        .segments()
-                        .iter()
-                        .map(|s| AsSegment {
-                            kind: s.segment_type() as u8,
-                            asns: s.as_numbers().to_vec(),
-                        })
-                        .collect(),
-                });
-            }
+        // Only meaningful on a 2-octet session (RFC 6793 4.1: ignored otherwise).
+        PathAttributeValue::As4Path(p) if !codec.asn4 => {
+            b.as4_path = Some(AsPath {
+                segments: p
+                    .segments()
+                    .iter()
+                    .map(|s| AsSegment {
+                        kind: s.segment_type() as u8,
+                        asns: s.as_numbers().to_vec(),
+                    })
+                    .collect(),
+            });
         }
         PathAttributeValue::NextHop(nh) => b.next_hop = Some(nh.next_hop()),
         PathAttributeValue::MultiExitDiscriminator(m) => a.med = Some(m.metric()),

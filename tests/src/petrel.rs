@@ -1,0 +1,155 @@
+//! Petrel itself in a namespace: `petrel run` with a config written by the test, queried
+//! through `petrel status --json` / `petrel routes --json` on its control socket.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{Daemon, Netns, TestDir, bin, wait_until_or};
+
+pub struct Petrel {
+    pub ns_name: String,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub daemon: Daemon,
+    name: String,
+    runs: u32,
+    dir: PathBuf,
+}
+
+impl Petrel {
+    /// Write `yaml` and start `petrel run` in `ns`; returns once the control socket answers.
+    pub fn start(ns: &Netns, dir: &TestDir, name: &str, yaml: &str) -> Petrel {
+        let config = dir.write(&format!("{name}.yaml"), yaml);
+        let socket = dir.file(&format!("{name}.sock"));
+        Self::launch(ns, dir, name, config, socket, 1)
+    }
+
+    fn launch(
+        ns: &Netns,
+        dir: &TestDir,
+        name: &str,
+        config: PathBuf,
+        socket: PathBuf,
+        run: u32,
+    ) -> Petrel {
+        // One log per run: a restart test wants both.
+        let log = dir.file(&format!("{name}.run{run}.log"));
+        let petrel = bin("petrel");
+        let daemon = ns.spawn(
+            name,
+            &[
+                petrel.to_str().unwrap(),
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--socket",
+                socket.to_str().unwrap(),
+                "--log",
+                "info,petrel_bgp=debug",
+            ],
+            &log,
+        );
+        let p = Petrel {
+            ns_name: ns.name.clone(),
+            config,
+            socket,
+            log,
+            daemon,
+            name: name.to_string(),
+            runs: run,
+            dir: dir.path.clone(),
+        };
+        wait_until_or(
+            &format!("{name} control socket"),
+            Duration::from_secs(15),
+            || p.try_status().map(|_| ()),
+            || p.daemon.log_tail(30),
+        );
+        p
+    }
+
+    /// Start again with the same config and socket (after stop or kill).
+    pub fn restart(&mut self, ns: &Netns, dir: &TestDir) {
+        self.daemon.stop(Duration::from_secs(10));
+        let again = Self::launch(
+            ns,
+            dir,
+            &self.name,
+            self.config.clone(),
+            self.socket.clone(),
+            self.runs + 1,
+        );
+        *self = again;
+    }
+
+    fn ask(&self, what: &str) -> Option<Value> {
+        let out = Command::new(bin("petrel"))
+            .args([what, "--json", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn try_status(&self) -> Option<Value> {
+        self.ask("status")
+    }
+
+    pub fn status(&self) -> Value {
+        self.try_status()
+            .unwrap_or_else(|| panic!("petrel status failed; log:\n{}", self.daemon.log_tail(40)))
+    }
+
+    pub fn routes(&self) -> Value {
+        self.ask("routes")
+            .unwrap_or_else(|| panic!("petrel routes failed; log:\n{}", self.daemon.log_tail(40)))
+    }
+
+    /// The status entry of peer `name`.
+    pub fn peer(&self, name: &str) -> Value {
+        self.status()["peers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == name).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn peer_state(&self, name: &str) -> String {
+        self.peer(name)["state"].as_str().unwrap_or("").to_string()
+    }
+
+    pub fn wait_established(&self, peer: &str, timeout: Duration) {
+        wait_until_or(
+            &format!("petrel peer {peer} Established"),
+            timeout,
+            || (self.peer_state(peer) == "Established").then_some(()),
+            || format!("{}\n{}", self.peer(peer), self.daemon.log_tail(30)),
+        );
+    }
+
+    /// The Loc-RIB entry of `prefix`, if any.
+    pub fn route(&self, prefix: &str) -> Option<Value> {
+        self.routes()["routes"]
+            .as_array()?
+            .iter()
+            .find(|r| r["prefix"] == prefix)
+            .cloned()
+    }
+
+    /// The logs of every run so far.
+    pub fn log_text(&self) -> String {
+        (1..=self.runs)
+            .map(|r| {
+                std::fs::read_to_string(self.dir.join(format!("{}.run{r}.log", self.name)))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
