@@ -116,8 +116,12 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
     } else {
         info!("stopping: Cease to every peer, our routes removed from the kernel");
     }
-    let _ = speaker.shutdown(graceful).await;
-    if !graceful {
+    if graceful {
+        // The withdrawals the sessions' end causes in the RIB must not reach the kernel.
+        fib.freeze().await;
+        let _ = speaker.shutdown(true).await;
+    } else {
+        let _ = speaker.shutdown(false).await;
         fib.flush().await;
     }
     Ok(())

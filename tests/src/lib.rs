@@ -359,3 +359,24 @@ pub fn route_lines<'a>(table: &'a str, prefix: &str) -> Vec<&'a str> {
         })
         .collect()
 }
+
+/// A bridge in `ns` with `addrs` on it: a LAN segment for several namespaces.
+pub fn bridge(ns: &Netns, name: &str, addrs: &[&str]) {
+    ns.ip(&format!("link add {name} type bridge"));
+    for a in addrs {
+        if a.contains(':') {
+            ns.ip(&format!("addr add {a} dev {name} nodad"));
+        } else {
+            ns.ip(&format!("addr add {a} dev {name}"));
+        }
+    }
+    ns.ip(&format!("link set {name} up"));
+}
+
+/// Plug `other` into the bridge `br` of `bridge_ns` with a veth, addresses on its end;
+/// returns the interface name in `other`.
+pub fn plug(bridge_ns: &Netns, br: &str, other: &Netns, addrs: &[&str]) -> String {
+    let (port, end) = link(bridge_ns, &[], other, addrs);
+    bridge_ns.ip(&format!("link set {port} master {br}"));
+    end
+}

@@ -60,6 +60,9 @@ enum FibCmd {
     SetOwn(Vec<IpNet>),
     /// Remove every route of ours (clean stop without graceful restart).
     Flush(oneshot::Sender<()>),
+    /// Stop applying changes: the routes stay as they are while the speaker shuts down
+    /// for a graceful restart.
+    Freeze(oneshot::Sender<()>),
 }
 
 /// Handle to the FIB task.
@@ -89,6 +92,14 @@ impl Fib {
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(FibCmd::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Leave the kernel as it is from now on (graceful restart: the next run takes over).
+    pub async fn freeze(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(FibCmd::Freeze(tx)).await.is_ok() {
             let _ = rx.await;
         }
     }
@@ -445,6 +456,7 @@ impl FibTask {
         mut monitor: mpsc::Receiver<Option<IpNet>>,
     ) {
         let mut restore_at: Option<Instant> = None;
+        let mut frozen = false;
         loop {
             tokio::select! {
                 biased;
@@ -462,9 +474,13 @@ impl FibTask {
                         self.flush().await;
                         let _ = tx.send(());
                     }
+                    Some(FibCmd::Freeze(tx)) => {
+                        frozen = true;
+                        let _ = tx.send(());
+                    }
                     None => break,
                 },
-                out = changes.recv() => match out {
+                out = changes.recv(), if !frozen => match out {
                     Some(RibOutput::Changes(batch)) => self.changes(batch).await,
                     Some(RibOutput::Synced) => self.sweep().await,
                     None => {
@@ -472,7 +488,7 @@ impl FibTask {
                         changes = mpsc::channel(1).1;
                     }
                 },
-                del = monitor.recv() => match del {
+                del = monitor.recv(), if !frozen => match del {
                     Some(Some(p)) => {
                         self.restore_queue.push(p);
                         // Deletions come in bursts (and our own deletes are announced too):

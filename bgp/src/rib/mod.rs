@@ -102,6 +102,10 @@ pub struct PathView {
     pub local_pref: u32,
     pub med: Option<u32>,
     pub communities: Vec<String>,
+    /// Route reflection (RFC 4456): the router that originated the route in the AS, and
+    /// the clusters it went through.
+    pub originator_id: Option<Ipv4Addr>,
+    pub cluster_list: Vec<Ipv4Addr>,
     pub stale: bool,
     pub accepted: bool,
     pub best: bool,
@@ -422,6 +426,8 @@ impl Rib {
                                 .map(|c| format!("{}:{}:{}", c[0], c[1], c[2])),
                         )
                         .collect(),
+                    originator_id: a.originator_id,
+                    cluster_list: a.cluster_list.clone(),
                     stale: p.stale,
                     accepted: p.accepted,
                     best: i == 0 && d.selected > 0,

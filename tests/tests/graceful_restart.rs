@@ -1,0 +1,259 @@
+//! Graceful restart (RFC 4724) with BIRD, both ways: Petrel restarting with BIRD as the
+//! helper, and BIRD restarting with Petrel as the helper.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use petrel_tests::bird::{self, Bird};
+use petrel_tests::petrel::Petrel;
+use petrel_tests::{Netns, TestDir, link, wait_until_or};
+
+const T: Duration = Duration::from_secs(30);
+
+fn bird_conf() -> String {
+    format!(
+        r#"
+router id 198.51.100.1;
+protocol device {{}}
+protocol static s4 {{ ipv4; route 203.0.113.0/24 blackhole; }}
+protocol bgp petrel {{
+  local 198.51.100.1 as 65001; neighbor 198.51.100.2 as 65002;
+  hold time 3; graceful restart on; graceful restart time 60; {fast}
+  ipv4 {{ import all; export all; }};
+}}
+"#,
+        fast = bird::FAST
+    )
+}
+
+fn petrel_yaml(cidrs: &str) -> String {
+    format!(
+        "node: {{ asn: 65002, router_id: 198.51.100.2, pod_cidrs: [{cidrs}] }}\npeers:\n  - {{ name: tor, address: 198.51.100.1, asn: 65001, hold_time: 3, connect_retry: 1, connect_retry_max: 2, import: {{ prefixes: [{{ prefix: 0.0.0.0/0, le: 32 }}] }} }}\nbgp:\n  graceful_restart: {{ restart_time: 60 }}\n"
+    )
+}
+
+/// Counts, until stopped, the polls in which a condition did not hold.
+struct Watch {
+    stop: Arc<AtomicBool>,
+    misses: Arc<AtomicUsize>,
+    polls: Arc<AtomicUsize>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watch {
+    fn new(check: impl Fn() -> bool + Send + 'static) -> Watch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let misses = Arc::new(AtomicUsize::new(0));
+        let polls = Arc::new(AtomicUsize::new(0));
+        let (s, m, p) = (stop.clone(), misses.clone(), polls.clone());
+        let handle = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if !check() {
+                    m.fetch_add(1, Ordering::Relaxed);
+                }
+                p.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Watch {
+            stop,
+            misses,
+            polls,
+            handle: Some(handle),
+        }
+    }
+
+    /// (misses, polls)
+    fn finish(mut self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        (
+            self.misses.load(Ordering::Relaxed),
+            self.polls.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn birdc_has(ctl: &std::path::Path, prefix: &str) -> bool {
+    Command::new("birdc")
+        .arg("-s")
+        .arg(ctl)
+        .args(["show", "route", prefix])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(prefix))
+        .unwrap_or(false)
+}
+
+fn fib_has(ns: &str, prefix: &str) -> bool {
+    Command::new("ip")
+        .args(["-n", ns, "-4", "route", "show", "proto", "200"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(prefix))
+        .unwrap_or(false)
+}
+
+#[test]
+fn petrel_restart_keeps_routes_at_bird_until_end_of_rib() {
+    let dir = TestDir::new("gr-petrel");
+    let r = Netns::new("r");
+    let n = Netns::new("n");
+    link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    let b = Bird::start(&r, &dir, "bird", &bird_conf());
+    let mut p = Petrel::start(
+        &n,
+        &dir,
+        "petrel",
+        &petrel_yaml("10.244.2.0/24, 10.244.5.0/24"),
+    );
+    b.wait_established("petrel", T);
+    wait_until_or(
+        "BIRD holds both pod CIDRs",
+        T,
+        || (b.has_route("10.244.2.0/24") && b.has_route("10.244.5.0/24")).then_some(()),
+        || b.birdc("show route all"),
+    );
+    wait_until_or(
+        "BIRD's route in the node's FIB",
+        T,
+        || fib_has(&n.name, "203.0.113.0/24").then_some(()),
+        || n.routes4(""),
+    );
+
+    // From here on, neither BIRD's copy of 10.244.2.0/24 nor the node's kernel route to
+    // BIRD's prefix may disappear, not even for one poll.
+    let ctl = b.ctl.clone();
+    let at_bird = Watch::new(move || birdc_has(&ctl, "10.244.2.0/24"));
+    let ns = n.name.clone();
+    let in_fib = Watch::new(move || fib_has(&ns, "203.0.113.0/24"));
+
+    // Stop: SIGTERM with graceful restart closes the session without a NOTIFICATION.
+    let st = p.daemon.stop(Duration::from_secs(10));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "petrel exits cleanly: {st:?}"
+    );
+    wait_until_or(
+        "BIRD in graceful restart for the node",
+        T,
+        || {
+            b.birdc("show protocols all petrel")
+                .contains("Neighbor graceful restart active")
+                .then_some(())
+        },
+        || b.birdc("show protocols all petrel"),
+    );
+    assert!(b.has_route("10.244.2.0/24"), "kept while the node is down");
+    assert!(b.has_route("10.244.5.0/24"), "kept while the node is down");
+
+    // Come back with one CIDR changed: 10.244.5.0/24 gone, 10.244.6.0/24 new.
+    std::fs::write(&p.config, petrel_yaml("10.244.2.0/24, 10.244.6.0/24")).unwrap();
+    p.restart(&n, &dir);
+    p.wait_established("tor", T);
+    assert!(
+        p.log_text().contains("restarting gracefully"),
+        "the new run found its routes and set the R/F bits"
+    );
+    // After our End-of-RIB, BIRD drops the stale route we did not send again.
+    wait_until_or(
+        "BIRD swaps the stale CIDR for the new one",
+        T,
+        || (b.has_route("10.244.6.0/24") && !b.has_route("10.244.5.0/24")).then_some(()),
+        || b.birdc("show route all"),
+    );
+    assert!(
+        !b.birdc("show protocols all petrel")
+            .contains("Neighbor graceful restart active")
+    );
+    let (miss_b, polls_b) = at_bird.finish();
+    let (miss_f, polls_f) = in_fib.finish();
+    assert!(
+        polls_b > 10 && polls_f > 10,
+        "watched long enough: {polls_b} {polls_f}"
+    );
+    assert_eq!(miss_b, 0, "BIRD lost 10.244.2.0/24 during the restart");
+    assert_eq!(
+        miss_f, 0,
+        "the node's FIB lost BIRD's route during the restart"
+    );
+    drop((p, b));
+}
+
+#[test]
+fn bird_restart_keeps_routes_at_petrel_until_end_of_rib() {
+    let dir = TestDir::new("gr-bird");
+    let r = Netns::new("r");
+    let n = Netns::new("n");
+    link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    let mut b = Bird::start(&r, &dir, "bird", &bird_conf());
+    let p = Petrel::start(&n, &dir, "petrel", &petrel_yaml("10.244.2.0/24"));
+    p.wait_established("tor", T);
+    wait_until_or(
+        "BIRD's route in the node's FIB",
+        T,
+        || fib_has(&n.name, "203.0.113.0/24").then_some(()),
+        || n.routes4(""),
+    );
+    let ns = n.name.clone();
+    let in_fib = Watch::new(move || fib_has(&ns, "203.0.113.0/24"));
+
+    // BIRD restarts gracefully: it closes its sessions and exits.
+    b.birdc("graceful restart");
+    wait_until("BIRD gone", || !b.daemon.is_running());
+    // Petrel keeps BIRD's route, marked stale, in its RIB and in the kernel.
+    let route = wait_until_or(
+        "the route marked stale",
+        T,
+        || {
+            p.route("203.0.113.0/24")
+                .filter(|r| r["paths"][0]["stale"] == true)
+        },
+        || p.routes().to_string(),
+    );
+    assert_eq!(route["in_fib"], true);
+    assert_eq!(p.peer("tor")["prefixes"]["stale"], 1);
+
+    // BIRD comes back in recovery mode; after its End-of-RIB the route is fresh again.
+    std::fs::write(&b.conf, bird_conf()).unwrap();
+    let log = dir.file("bird2.log");
+    let ctl = b.ctl.clone();
+    let _b2 = r.spawn(
+        "bird2",
+        &[
+            "bird",
+            "-f",
+            "-R",
+            "-c",
+            b.conf.to_str().unwrap(),
+            "-s",
+            ctl.to_str().unwrap(),
+        ],
+        &log,
+    );
+    p.wait_established("tor", T);
+    wait_until_or(
+        "the route fresh again",
+        T,
+        || {
+            p.route("203.0.113.0/24")
+                .filter(|r| r["paths"][0]["stale"] == false)
+                .map(|_| ())
+        },
+        || p.routes().to_string(),
+    );
+    assert_eq!(p.peer("tor")["prefixes"]["stale"], 0);
+    let (miss, polls) = in_fib.finish();
+    assert!(polls > 10);
+    assert_eq!(
+        miss, 0,
+        "the node's FIB lost BIRD's route during BIRD's restart"
+    );
+    drop(p);
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    petrel_tests::wait_until(what, T, || f().then_some(()));
+}
