@@ -142,30 +142,32 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig, base: Option<&Path>) -> Config {
     let mut names: HashMap<String, Location> = HashMap::new();
     let mut addrs: HashMap<IpAddr, Location> = HashMap::new();
     for p in &raw.peers {
-        let Some(peer) = peer(cx, p, &bgp, &pod_cidrs, base) else {
-            continue;
-        };
-        if let Some(first) = names.get(&peer.name) {
+        // Duplicates are checked on what is written, also for peers with other problems.
+        let name = &p.value.name;
+        if let Some(first) = names.get(&name.value) {
             let msg = format!(
                 "duplicate peer name {:?} (first at line {})",
-                peer.name,
+                name.value,
                 first.line()
             );
-            cx.err(p.value.name.referenced, msg);
+            cx.err(name.referenced, msg);
         } else {
-            names.insert(peer.name.clone(), p.value.name.referenced);
+            names.insert(name.value.clone(), name.referenced);
         }
-        if let Some(first) = addrs.get(&peer.address) {
-            let msg = format!(
-                "duplicate peer address {} (first at line {})",
-                peer.address,
-                first.line()
-            );
-            cx.err(p.value.address.referenced, msg);
-        } else {
-            addrs.insert(peer.address, p.value.address.referenced);
+        if let Ok(addr) = p.value.address.value.trim().parse::<IpAddr>() {
+            if let Some(first) = addrs.get(&addr) {
+                let msg = format!(
+                    "duplicate peer address {addr} (first at line {})",
+                    first.line()
+                );
+                cx.err(p.value.address.referenced, msg);
+            } else {
+                addrs.insert(addr, p.value.address.referenced);
+            }
         }
-        peers.push(peer);
+        if let Some(peer) = peer(cx, p, &bgp, &pod_cidrs, base) {
+            peers.push(peer);
+        }
     }
     Config {
         node,

@@ -279,3 +279,129 @@ protocol bgp petrel {{
     assert!(p.peer("tor")["established_count"].as_u64() >= Some(2));
     drop((p, b));
 }
+
+#[test]
+fn passive_gtsm_session_with_bird_and_gtsm_refusing_a_ttl_1_peer() {
+    let dir = TestDir::new("gtsm");
+    let r = Netns::new("r");
+    let n = Netns::new("n");
+    link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    let conf = |ttl_security: &str| {
+        format!(
+            r#"
+router id 198.51.100.1;
+protocol device {{}}
+protocol static s4 {{ ipv4; route 203.0.113.0/24 blackhole; }}
+protocol bgp petrel {{
+  local 198.51.100.1 as 65001; neighbor 198.51.100.2 as 65002;
+  hold time 3; ttl security {ttl_security}; {fast}
+  ipv4 {{ import all; export all; }};
+}}
+"#,
+            fast = bird::FAST
+        )
+    };
+    let b = Bird::start(&r, &dir, "bird", &conf("on"));
+    // Petrel only listens (passive) and requires TTL 255 (GTSM).
+    let yaml = "node: { asn: 65002, router_id: 198.51.100.2, pod_cidrs: [10.244.2.0/24] }\npeers:\n  - { name: tor, address: 198.51.100.1, asn: 65001, hold_time: 3, passive: true, gtsm: true, import: { prefixes: [{ prefix: 0.0.0.0/0, le: 32 }] } }\n";
+    let p = Petrel::start(&n, &dir, "petrel", yaml);
+    p.wait_established("tor", T);
+    b.wait_established("petrel", T);
+    in_fib(&n, "203.0.113.0/24", "198.51.100.1");
+
+    // BIRD without TTL security sends with TTL 1: Petrel's kernel drops it all.
+    b.reconfigure(&conf("off"));
+    b.birdc("restart petrel");
+    let start = std::time::Instant::now();
+    wait_until_or(
+        "the session to drop",
+        T,
+        || (p.peer_state("tor") != "Established").then_some(()),
+        || p.peer("tor").to_string(),
+    );
+    while start.elapsed() < Duration::from_secs(6) {
+        assert_ne!(p.peer_state("tor"), "Established", "a TTL-1 peer got through GTSM");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop((p, b));
+}
+
+#[test]
+fn connections_from_unknown_addresses_are_refused() {
+    let dir = TestDir::new("unknown");
+    let n = Netns::new("n");
+    let x = Netns::new("x");
+    link(&x, &["198.51.100.9/24"], &n, &["198.51.100.2/24"]);
+    let yaml = "node: { asn: 65002, router_id: 198.51.100.2, pod_cidrs: [10.244.2.0/24] }\npeers:\n  - { name: tor, address: 198.51.100.1, asn: 65001, passive: true }\n";
+    let p = Petrel::start(&n, &dir, "petrel", yaml);
+    // A stranger connects to port 179 and gets nothing but the closed connection: not one
+    // byte of BGP (no OPEN, no NOTIFICATION).
+    let out = x
+        .cmd("bash")
+        .arg("-c")
+        .arg("exec 3<>/dev/tcp/198.51.100.2/179 && timeout 3 cat <&3 | wc -c")
+        .output()
+        .expect("bash");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(text, "0", "stdout {text:?} stderr {}", String::from_utf8_lossy(&out.stderr));
+    wait_until_or(
+        "the refusal in the log",
+        T,
+        || p.log_text().contains("unknown address refused").then_some(()),
+        || p.log_text(),
+    );
+    assert_eq!(p.peer_state("tor"), "Active");
+    drop(p);
+}
+
+#[test]
+fn max_prefixes_tears_the_session_down_with_cease_1() {
+    let dir = TestDir::new("maxpfx");
+    let r = Netns::new("r");
+    let n = Netns::new("n");
+    link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    let conf = format!(
+        r#"
+router id 198.51.100.1;
+protocol device {{}}
+protocol static s4 {{ ipv4;
+  route 203.0.113.0/26 blackhole; route 203.0.113.64/26 blackhole;
+  route 203.0.113.128/26 blackhole; route 203.0.113.192/26 blackhole;
+}}
+protocol bgp petrel {{
+  local 198.51.100.1 as 65001; neighbor 198.51.100.2 as 65002;
+  hold time 3; {fast}
+  ipv4 {{ import all; export all; }};
+}}
+"#,
+        fast = bird::FAST
+    );
+    let b = Bird::start(&r, &dir, "bird", &conf);
+    let yaml = "node: { asn: 65002, router_id: 198.51.100.2, pod_cidrs: [10.244.2.0/24] }\npeers:\n  - { name: tor, address: 198.51.100.1, asn: 65001, hold_time: 3, connect_retry: 5, import: { prefixes: [{ prefix: 0.0.0.0/0, le: 32 }], max_prefixes: 3 } }\n";
+    let p = Petrel::start(&n, &dir, "petrel", yaml);
+    // BIRD sees the Cease with subcode 1 (RFC 4486).
+    wait_until_or(
+        "BIRD to receive Cease: maximum number of prefixes",
+        T,
+        || {
+            b.birdc("show protocols all petrel")
+                .to_lowercase()
+                .contains("maximum number of prefixes")
+                .then_some(())
+        },
+        || b.birdc("show protocols all petrel"),
+    );
+    let peer = p.peer("tor");
+    assert!(
+        peer["last_error"].to_string().contains("Maximum Number of Prefixes Reached"),
+        "{peer}"
+    );
+    // And nothing of that peer stays in the FIB.
+    wait_until_or(
+        "routes gone",
+        T,
+        || (!n.routes4("proto 200").contains("203.0.113.")).then_some(()),
+        || n.routes4(""),
+    );
+    drop((p, b));
+}
