@@ -72,9 +72,17 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
         OwnCidrRoute::Unreachable => Some(Target::Unreachable),
         OwnCidrRoute::None => None,
     };
-    let fib = fib::start(tag, pod_cidrs.clone(), own_kind, speaker.clone(), changes)
-        .await
-        .context("start FIB sync")?;
+    let metrics = crate::metrics::Metrics::default();
+    let fib = fib::start(
+        tag,
+        pod_cidrs.clone(),
+        own_kind,
+        speaker.clone(),
+        changes,
+        metrics.clone(),
+    )
+    .await
+    .context("start FIB sync")?;
     let agent = Arc::new(Agent {
         speaker: speaker.clone(),
         fib: fib.clone(),
@@ -90,8 +98,17 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
         }),
         protocol: cfg.fib.protocol,
         table: cfg.fib.table,
+        metrics,
     });
     let _guard = control::serve(&socket_path, agent.clone())?;
+    let _metrics = match cfg.metrics.address {
+        Some(addr) => Some(
+            crate::metrics::serve(addr, agent.clone())
+                .await
+                .with_context(|| format!("metrics endpoint on {addr}"))?,
+        ),
+        None => None,
+    };
     info!(socket = %socket_path.display(), asn = cfg.node.asn, router_id = %cfg.node.router_id, "petrel running");
 
     let mut hup = signal(SignalKind::hangup())?;

@@ -71,6 +71,9 @@ pub struct PeerView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FibView {
     pub protocol: u8,
+    /// Route operations sent to the kernel, and refused by it, since start.
+    pub ops: u64,
+    pub errors: u64,
     pub table: u32,
     pub installed: u64,
     pub ecmp: u64,
@@ -91,6 +94,7 @@ pub struct Agent {
     pub node: RwLock<NodeView>,
     pub protocol: u8,
     pub table: u32,
+    pub metrics: crate::metrics::Metrics,
 }
 
 fn read_flag(path: &str) -> Option<bool> {
@@ -174,6 +178,8 @@ impl Agent {
             peers,
             fib: FibView {
                 protocol: self.protocol,
+                ops: fib.ops,
+                errors: fib.errors,
                 table: self.table,
                 installed: fib.installed,
                 ecmp: fib.ecmp,

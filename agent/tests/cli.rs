@@ -21,7 +21,11 @@ fn check_accepts_a_good_file_with_a_summary() {
         "good.yaml",
         "node:\n  asn: 65002\n  router_id: 192.0.2.2\n  pod_cidrs: [10.244.2.0/24, \"fd00:10:244:2::/64\"]\npeers:\n  - { name: tor, address: 192.0.2.1, asn: 65001 }\n",
     );
-    let out = petrel().args(["check", "--config"]).arg(&p).output().unwrap();
+    let out = petrel()
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
@@ -37,7 +41,11 @@ fn check_prints_every_problem_with_its_location() {
         "bad.yaml",
         "node:\n  asn: 0\n  router_id: 192.0.2.2\n  pod_cidrs: [10.244.2.1/24]\npeers:\n  - { name: tor, address: 192.0.2.1, asn: 65001 }\n  - { name: tor, address: 192.0.2.3, asn: 65001, import: { prefixes: [{ prefix: 10.0.0.0/8, le: 4 }] } }\n",
     );
-    let out = petrel().args(["check", "--config"]).arg(&p).output().unwrap();
+    let out = petrel()
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let f = p.display();
@@ -46,7 +54,9 @@ fn check_prints_every_problem_with_its_location() {
         lines,
         [
             format!("{f}:2:8: node ASN 0 out of range (1..=4294967295)"),
-            format!("{f}:4:15: pod CIDR 10.244.2.1/24 has host bits set (did you mean 10.244.2.0/24?)"),
+            format!(
+                "{f}:4:15: pod CIDR 10.244.2.1/24 has host bits set (did you mean 10.244.2.0/24?)"
+            ),
             format!("{f}:7:13: duplicate peer name \"tor\" (first at line 6)"),
             format!("{f}:7:97: le 4 is less than the prefix length 8 of 10.0.0.0/8"),
         ],
@@ -57,7 +67,11 @@ fn check_prints_every_problem_with_its_location() {
 #[test]
 fn check_reports_syntax_errors_and_missing_files() {
     let p = write("syntax.yaml", "node:\n  asn: 65002\n  router_id: [\n");
-    let out = petrel().args(["check", "--config"]).arg(&p).output().unwrap();
+    let out = petrel()
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with(&format!("{}:", p.display())), "{stderr}");
@@ -77,5 +91,8 @@ fn status_without_an_agent_says_so() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cannot reach the agent at /nonexistent/petrel.sock"), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the agent at /nonexistent/petrel.sock"),
+        "{stderr}"
+    );
 }

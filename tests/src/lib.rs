@@ -380,3 +380,17 @@ pub fn plug(bridge_ns: &Netns, br: &str, other: &Netns, addrs: &[&str]) -> Strin
     bridge_ns.ip(&format!("link set {port} master {br}"));
     end
 }
+
+/// `GET path` over HTTP/1.0 to `host:port` from inside `ns` (bash's /dev/tcp: no curl
+/// needed); the whole response, headers included.
+pub fn http_get(ns: &Netns, host: &str, port: u16, path: &str) -> String {
+    let out = ns
+        .cmd("bash")
+        .arg("-c")
+        .arg(format!(
+            "exec 3<>/dev/tcp/{host}/{port} && printf 'GET {path} HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"
+        ))
+        .output()
+        .expect("bash");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

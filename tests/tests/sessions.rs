@@ -320,7 +320,11 @@ protocol bgp petrel {{
         || p.peer("tor").to_string(),
     );
     while start.elapsed() < Duration::from_secs(6) {
-        assert_ne!(p.peer_state("tor"), "Established", "a TTL-1 peer got through GTSM");
+        assert_ne!(
+            p.peer_state("tor"),
+            "Established",
+            "a TTL-1 peer got through GTSM"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     drop((p, b));
@@ -343,11 +347,20 @@ fn connections_from_unknown_addresses_are_refused() {
         .output()
         .expect("bash");
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert_eq!(text, "0", "stdout {text:?} stderr {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        text,
+        "0",
+        "stdout {text:?} stderr {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_until_or(
         "the refusal in the log",
         T,
-        || p.log_text().contains("unknown address refused").then_some(()),
+        || {
+            p.log_text()
+                .contains("unknown address refused")
+                .then_some(())
+        },
         || p.log_text(),
     );
     assert_eq!(p.peer_state("tor"), "Active");
@@ -393,7 +406,9 @@ protocol bgp petrel {{
     );
     let peer = p.peer("tor");
     assert!(
-        peer["last_error"].to_string().contains("Maximum Number of Prefixes Reached"),
+        peer["last_error"]
+            .to_string()
+            .contains("Maximum Number of Prefixes Reached"),
         "{peer}"
     );
     // And nothing of that peer stays in the FIB.

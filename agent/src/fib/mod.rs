@@ -179,6 +179,17 @@ fn spawn_monitor(tag: RouteTag) -> std::io::Result<mpsc::Receiver<Option<IpNet>>
     Ok(rx)
 }
 
+/// Return freed heap memory to the system. After a large table load the allocator keeps the
+/// pages of the transient buffers (UPDATE batches, change lists, netlink messages) unless
+/// asked; resident memory per route is one of our product figures.
+fn release_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions; it only walks the allocator's own lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn target_of(next_hops: &[NextHop]) -> Target {
     let mut gws: Vec<IpAddr> = next_hops.iter().map(|n| n.addr()).collect();
     gws.sort();
@@ -187,6 +198,7 @@ fn target_of(next_hops: &[NextHop]) -> Target {
 }
 
 struct FibTask {
+    tag: RouteTag,
     writer: mpsc::Sender<Job>,
     speaker: Speaker,
     own_kind: Target,
@@ -197,6 +209,7 @@ struct FibTask {
     summary: FibSummary,
     restore_queue: Vec<IpNet>,
     last_resync: Option<Instant>,
+    metrics: crate::metrics::Metrics,
 }
 
 /// Start FIB sync. `own_kind` is the route for the node's pod CIDRs (`None`: no route).
@@ -208,6 +221,7 @@ pub async fn start(
     own_kind: Option<Target>,
     speaker: Speaker,
     changes: mpsc::Receiver<RibOutput>,
+    metrics: crate::metrics::Metrics,
 ) -> anyhow::Result<Fib> {
     let writer = spawn_writer(tag)?;
     let monitor = spawn_monitor(tag)?;
@@ -223,6 +237,7 @@ pub async fn start(
     }
     let (tx, rx) = mpsc::channel(16);
     let mut task = FibTask {
+        tag,
         writer,
         speaker,
         own_kind: own_kind_t,
@@ -232,6 +247,7 @@ pub async fn start(
         summary: FibSummary::default(),
         restore_queue: Vec::new(),
         last_resync: None,
+        metrics,
     };
     if own_kind.is_some() {
         task.set_own(own).await;
@@ -283,6 +299,10 @@ impl FibTask {
         self.summary.errors += failed.len() as u64;
         self.summary.last_batch_secs = started.elapsed().as_secs_f64();
         self.summary.last_batch_routes = n;
+        self.metrics
+            .fib_batch_seconds
+            .observe(self.summary.last_batch_secs);
+        self.metrics.fib_batch_routes.observe(n as f64);
         let refused: HashSet<usize> = failed.iter().map(|(i, _)| *i).collect();
         for (i, p) in prefixes.iter().enumerate() {
             if refused.contains(&i) && kinds[i] {
@@ -434,17 +454,25 @@ impl FibTask {
         self.apply(ops).await;
     }
 
+    /// Remove every route of ours, as the kernel lists them (the speaker may be gone).
     async fn flush(&mut self) {
-        let Ok(selected) = self.speaker.selected().await else {
-            return;
+        let tag = self.tag;
+        let existing = tokio::task::spawn_blocking(move || Netlink::open(tag)?.dump()).await;
+        let routes = match existing {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot list our routes to remove them");
+                return;
+            }
+            Err(_) => return,
         };
-        let mut ops: Vec<RouteOp> = selected
+        let ops: Vec<RouteOp> = routes
             .into_iter()
-            .map(|(prefix, _)| RouteOp::Delete { prefix })
+            .map(|k| RouteOp::Delete { prefix: k.prefix })
             .collect();
-        ops.extend(self.own.iter().map(|p| RouteOp::Delete { prefix: *p }));
-        ops.extend(self.stale.drain().map(|prefix| RouteOp::Delete { prefix }));
+        debug!(routes = ops.len(), "removing every route of ours");
         self.apply(ops).await;
+        self.stale.clear();
         self.summary.installed = 0;
         self.summary.ecmp = 0;
     }
@@ -457,6 +485,7 @@ impl FibTask {
     ) {
         let mut restore_at: Option<Instant> = None;
         let mut frozen = false;
+        let mut last_trim = Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -481,7 +510,15 @@ impl FibTask {
                     None => break,
                 },
                 out = changes.recv(), if !frozen => match out {
-                    Some(RibOutput::Changes(batch)) => self.changes(batch).await,
+                    Some(RibOutput::Changes(batch)) => {
+                        self.changes(batch).await;
+                        // A burst is over: give the memory its transient buffers used back
+                        // to the system, at most once a second.
+                        if changes.is_empty() && last_trim.elapsed() > Duration::from_secs(1) {
+                            release_memory();
+                            last_trim = Instant::now();
+                        }
+                    }
                     Some(RibOutput::Synced) => self.sweep().await,
                     None => {
                         // The speaker stopped; keep answering commands until dropped.

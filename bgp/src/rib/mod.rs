@@ -18,6 +18,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use smallvec::SmallVec;
 
 use best_path::{Candidate, compare, multipath_equal};
 pub use best_path::{DEFAULT_LOCAL_PREF, Reason};
@@ -58,7 +59,8 @@ pub struct Path {
 #[derive(Debug, Clone, Default)]
 struct Dest {
     /// Selected paths first (`selected` of them, the best at index 0), then the others.
-    paths: Vec<Path>,
+    /// Most prefixes have one path: it is kept inline, with no allocation of its own.
+    paths: SmallVec<[Path; 1]>,
     selected: u8,
 }
 

@@ -311,3 +311,12 @@ fn peer_down_without_graceful_restart_removes_everything() {
     r.peer_down(1, &[], &mut out);
     assert!(r.is_empty());
 }
+
+#[test]
+fn a_prefix_with_one_path_needs_no_allocation_of_its_own() {
+    // Memory per route is a product requirement (bench/fib-convergence.sh): keep the entry
+    // of a single-path prefix inline in the table.
+    assert!(std::mem::size_of::<Path>() <= 16);
+    assert!(std::mem::size_of::<Dest>() <= 32);
+    assert!(!Dest::default().paths.spilled());
+}

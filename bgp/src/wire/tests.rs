@@ -633,6 +633,35 @@ proptest! {
     }
 
     #[test]
+    fn split_updates_fit_and_lose_nothing(v4 in proptest::collection::vec(arb_v4(), 0..3000),
+                                          v6 in proptest::collection::vec(arb_v6(), 0..1500),
+                                          w in proptest::collection::vec(arb_v4(), 0..2000),
+                                          path in proptest::collection::vec(1u32..=u32::MAX, 0..300)) {
+        let (v4, v6, w) = (dedup(v4), dedup(v6), dedup(w));
+        let u = UpdateMsg {
+            withdrawn: w.clone(),
+            reach: vec![
+                Reach { afi: Afi::Ipv4, next_hop: NextHop::V4(Ipv4Addr::new(192, 0, 2, 1)), prefixes: v4.clone() },
+                Reach { afi: Afi::Ipv6, next_hop: NextHop::V6 { global: "2001:db8::1".parse().unwrap(), link_local: Some("fe80::1".parse().unwrap()) }, prefixes: v6.clone() },
+            ],
+            attrs: PathAttrs { as_path: AsPath::sequence(path), ..Default::default() },
+            ..Default::default()
+        };
+        let (mut got4, mut got6, mut gotw) = (Vec::new(), Vec::new(), Vec::new());
+        for m in encode_updates(&u, &ASN4) {
+            prop_assert!(m.len() <= MAX_LEN, "{} bytes", m.len());
+            let d = decode_update(&m, &ASN4);
+            gotw.extend(d.withdrawn);
+            for r in d.reach {
+                match r.afi { Afi::Ipv4 => got4.extend(r.prefixes), Afi::Ipv6 => got6.extend(r.prefixes) }
+            }
+        }
+        prop_assert_eq!(got4, v4);
+        prop_assert_eq!(got6, v6);
+        prop_assert_eq!(gotw, w);
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..300), ty in 1u8..=5) {
         let m = msg(ty, &body);
         for codec in [Codec::INITIAL, ASN4, IBGP] {

@@ -975,33 +975,43 @@ fn chunks(nets: &[IpNet], budget: usize) -> Vec<&[IpNet]> {
 /// Encode an UPDATE as one or more messages, each within the session's size limit: IPv4
 /// withdrawals in the withdrawn-routes field, IPv4 routes with an IPv4 next hop in the NLRI
 /// field, everything else in MP_REACH/MP_UNREACH (one of each per message, RFC 4760).
+///
+/// The room left for prefixes is measured, not estimated: the message is first encoded with
+/// no prefix at all, and what remains of the limit is filled.
 pub fn encode_updates(u: &UpdateMsg, codec: &Codec) -> Vec<Vec<u8>> {
-    let max = codec.max_len() - HEADER_LEN - 4;
+    let max = codec.max_len();
+    let room = |empty: BgpUpdateMessage| max.saturating_sub(write_update(empty).len());
+    let unreach6 = |nets: &[IpNet]| {
+        pa(
+            true,
+            false,
+            PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast {
+                nlri: v6_addrs(nets).into(),
+            }),
+        )
+        .into_iter()
+        .collect::<Vec<_>>()
+    };
     let mut out = Vec::new();
     let (w4, w6): (Vec<IpNet>, Vec<IpNet>) =
         u.withdrawn.iter().partition(|n| matches!(n, IpNet::V4(_)));
-    for c in chunks(&w4, max) {
+    let r = room(BgpUpdateMessage::new(vec![], vec![], vec![]));
+    for c in chunks(&w4, r) {
         out.push(write_update(BgpUpdateMessage::new(
             v4_addrs(c),
             vec![],
             vec![],
         )));
     }
-    // MP_UNREACH: flags, type, 2-byte length, AFI, SAFI.
-    for c in chunks(&w6, max - 4 - 3) {
-        let unreach = MpUnreach::Ipv6Unicast {
-            nlri: v6_addrs(c).into(),
-        };
+    let r = room(BgpUpdateMessage::new(vec![], unreach6(&[]), vec![]));
+    for c in chunks(&w6, r) {
         out.push(write_update(BgpUpdateMessage::new(
             vec![],
-            pa(true, false, PathAttributeValue::MpUnreach(unreach))
-                .into_iter()
-                .collect::<Vec<_>>(),
+            unreach6(c),
             vec![],
         )));
     }
     let base = attrs_to_netgauze(&u.attrs, codec);
-    let base_len: usize = base.iter().map(|a| a.len()).sum();
     for r in &u.reach {
         match (r.afi, r.next_hop) {
             (Afi::Ipv4, NextHop::V4(nh)) => {
@@ -1011,8 +1021,8 @@ pub fn encode_updates(u: &UpdateMsg, codec: &Codec) -> Vec<Vec<u8>> {
                     true,
                     PathAttributeValue::NextHop(NgNextHop::new(nh)),
                 ));
-                let room = max.saturating_sub(base_len + 4 + 3);
-                for c in chunks(&r.prefixes, room) {
+                let space = room(BgpUpdateMessage::new(vec![], attrs.clone(), vec![]));
+                for c in chunks(&r.prefixes, space) {
                     out.push(write_update(BgpUpdateMessage::new(
                         vec![],
                         attrs.clone(),
@@ -1021,27 +1031,33 @@ pub fn encode_updates(u: &UpdateMsg, codec: &Codec) -> Vec<Vec<u8>> {
                 }
             }
             (afi, nh) => {
-                // MP_REACH header: 4 attribute header + AFI/SAFI 3 + next hop length 1 + next hop
-                // (up to 32) + reserved 1.
-                let room = max.saturating_sub(base_len + 4 + 3 + 1 + 32 + 1);
-                for c in chunks(&r.prefixes, room) {
-                    let reach = match (afi, nh) {
-                        (Afi::Ipv6, NextHop::V6 { global, link_local }) => MpReach::Ipv6Unicast {
-                            next_hop_global: global,
-                            next_hop_local: link_local,
-                            nlri: v6_addrs(c).into(),
-                        },
-                        (Afi::Ipv4, NextHop::V6 { global, link_local }) => MpReach::Ipv4Unicast {
-                            next_hop: IpAddr::V6(global),
-                            next_hop_local: link_local,
-                            nlri: v4_addrs(c).into(),
-                        },
-                        // IPv6 routes cannot have an IPv4 next hop: nothing to send.
-                        _ => continue,
-                    };
+                let reach = |nets: &[IpNet]| match (afi, nh) {
+                    (Afi::Ipv6, NextHop::V6 { global, link_local }) => Some(MpReach::Ipv6Unicast {
+                        next_hop_global: global,
+                        next_hop_local: link_local,
+                        nlri: v6_addrs(nets).into(),
+                    }),
+                    (Afi::Ipv4, NextHop::V6 { global, link_local }) => Some(MpReach::Ipv4Unicast {
+                        next_hop: IpAddr::V6(global),
+                        next_hop_local: link_local,
+                        nlri: v4_addrs(nets).into(),
+                    }),
+                    // IPv6 routes cannot have an IPv4 next hop: nothing to send.
+                    _ => None,
+                };
+                let with = |nets: &[IpNet]| {
                     let mut attrs = base.clone();
-                    attrs.extend(pa(true, false, PathAttributeValue::MpReach(reach)));
-                    out.push(write_update(BgpUpdateMessage::new(vec![], attrs, vec![])));
+                    attrs.extend(
+                        reach(nets).and_then(|r| pa(true, false, PathAttributeValue::MpReach(r))),
+                    );
+                    attrs
+                };
+                if reach(&[]).is_none() {
+                    continue;
+                }
+                let space = room(BgpUpdateMessage::new(vec![], with(&[]), vec![]));
+                for c in chunks(&r.prefixes, space) {
+                    out.push(write_update(BgpUpdateMessage::new(vec![], with(c), vec![])));
                 }
             }
         }

@@ -1,0 +1,238 @@
+//! The HTTP endpoint for operators' tooling (off unless `metrics.address` is set):
+//! `/metrics` in the Prometheus text format, `/healthz` (the agent's tasks answer) and
+//! `/readyz` (the initial routing table is in the kernel).
+//!
+//! Peer and FIB figures are read from a status snapshot at each scrape; the FIB task feeds
+//! the batch-latency histogram as it works.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tracing::{info, warn};
+
+use crate::state::{Agent, AgentStatus};
+
+/// Metrics updated as things happen (the rest is read from status at scrape time).
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Seconds to apply one batch of FIB operations (netlink request to last ACK).
+    pub fib_batch_seconds: Histogram,
+    /// Routes per batch.
+    pub fib_batch_routes: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            fib_batch_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
+            fib_batch_routes: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+    address: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    peer: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+const STATES: [&str; 6] = [
+    "Idle",
+    "Connect",
+    "Active",
+    "OpenSent",
+    "OpenConfirm",
+    "Established",
+];
+
+/// The Prometheus text for one status snapshot.
+pub fn render(st: &AgentStatus, m: &Metrics) -> String {
+    let mut reg = Registry::with_prefix("petrel");
+    let up = Family::<PeerLabels, Gauge>::default();
+    let state = Family::<StateLabels, Gauge>::default();
+    let rcvd = Family::<PeerLabels, Gauge>::default();
+    let acpt = Family::<PeerLabels, Gauge>::default();
+    let adv = Family::<PeerLabels, Gauge>::default();
+    let stale = Family::<PeerLabels, Gauge>::default();
+    let upd_in = Family::<PeerLabels, Counter>::default();
+    let upd_out = Family::<PeerLabels, Counter>::default();
+    let msg_in = Family::<PeerLabels, Counter>::default();
+    let msg_out = Family::<PeerLabels, Counter>::default();
+    let flaps = Family::<PeerLabels, Counter>::default();
+    for p in &st.peers {
+        let l = PeerLabels {
+            peer: p.name.clone(),
+            address: p.address.to_string(),
+        };
+        up.get_or_create(&l).set((p.state == "Established") as i64);
+        for s in STATES {
+            state
+                .get_or_create(&StateLabels {
+                    peer: p.name.clone(),
+                    state: s.to_string(),
+                })
+                .set((p.state == s) as i64);
+        }
+        rcvd.get_or_create(&l).set(p.prefixes.received as i64);
+        acpt.get_or_create(&l).set(p.prefixes.accepted as i64);
+        adv.get_or_create(&l).set(p.prefixes.advertised as i64);
+        stale.get_or_create(&l).set(p.prefixes.stale as i64);
+        upd_in.get_or_create(&l).inc_by(p.updates_in);
+        upd_out.get_or_create(&l).inc_by(p.updates_out);
+        msg_in.get_or_create(&l).inc_by(p.messages_in);
+        msg_out.get_or_create(&l).inc_by(p.messages_out);
+        flaps.get_or_create(&l).inc_by(p.established_count);
+    }
+    reg.register("peer_up", "1 when the session is Established", up);
+    reg.register(
+        "peer_state",
+        "1 for the session's current RFC 4271 state",
+        state,
+    );
+    reg.register(
+        "peer_prefixes_received",
+        "Prefixes received from the peer",
+        rcvd,
+    );
+    reg.register(
+        "peer_prefixes_accepted",
+        "Prefixes accepted by import policy",
+        acpt,
+    );
+    reg.register(
+        "peer_prefixes_advertised",
+        "Prefixes advertised to the peer",
+        adv,
+    );
+    reg.register(
+        "peer_prefixes_stale",
+        "Prefixes kept over the peer's graceful restart",
+        stale,
+    );
+    reg.register("peer_updates_received", "UPDATE messages received", upd_in);
+    reg.register("peer_updates_sent", "UPDATE messages sent", upd_out);
+    reg.register("peer_messages_received", "BGP messages received", msg_in);
+    reg.register("peer_messages_sent", "BGP messages sent", msg_out);
+    reg.register(
+        "peer_established",
+        "Times the session reached Established",
+        flaps,
+    );
+
+    let fib = Family::<KindLabels, Gauge>::default();
+    for (k, v) in [
+        ("installed", st.fib.installed as i64),
+        ("ecmp", st.fib.ecmp as i64),
+        ("failed", st.fib.failed as i64),
+        ("own", st.fib.own_routes as i64),
+        ("stale", st.fib.stale as i64),
+    ] {
+        fib.get_or_create(&KindLabels { kind: k.into() }).set(v);
+    }
+    reg.register("fib_routes", "Routes of ours in the kernel, by kind", fib);
+    let ops: Counter = Counter::default();
+    ops.inc_by(st.fib.ops);
+    reg.register("fib_operations", "Route operations sent to the kernel", ops);
+    let errs: Counter = Counter::default();
+    errs.inc_by(st.fib.errors);
+    reg.register("fib_errors", "Route operations the kernel refused", errs);
+    let restored: Counter = Counter::default();
+    restored.inc_by(st.fib.restored);
+    reg.register(
+        "fib_restored",
+        "Routes put back after someone deleted them",
+        restored,
+    );
+    let synced: Gauge = Gauge::default();
+    synced.set(st.fib.synced as i64);
+    reg.register(
+        "fib_synced",
+        "1 once the initial table is in the kernel",
+        synced,
+    );
+    reg.register(
+        "fib_batch_seconds",
+        "Time to apply one batch of route operations",
+        m.fib_batch_seconds.clone(),
+    );
+    reg.register(
+        "fib_batch_routes",
+        "Route operations per batch",
+        m.fib_batch_routes.clone(),
+    );
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &reg).is_err() {
+        out.clear();
+    }
+    out
+}
+
+async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
+    let st = agent.status().await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        render(&st, &agent.metrics),
+    )
+}
+
+async fn healthz(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
+    match agent.speaker.status().await {
+        Ok(_) => (StatusCode::OK, "ok\n"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "speaker not answering\n"),
+    }
+}
+
+async fn readyz(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
+    if agent.fib.summary().await.synced {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "initial routing table not in the kernel yet\n",
+        )
+    }
+}
+
+/// Serve the endpoint on `addr` until the task is dropped.
+pub async fn serve(
+    addr: SocketAddr,
+    agent: Arc<Agent>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(agent);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    info!(%addr, "metrics and health endpoint listening");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!(error = %e, "metrics endpoint stopped");
+        }
+    }))
+}
