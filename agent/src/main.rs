@@ -8,6 +8,7 @@ mod control;
 mod convert;
 mod display;
 mod fib;
+mod k8s;
 mod metrics;
 mod run;
 mod state;

@@ -101,6 +101,26 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
         metrics,
     });
     let _guard = control::serve(&socket_path, agent.clone())?;
+    if cfg.node.pod_cidrs == PodCidrs::Kubernetes {
+        let name = crate::k8s::node_name(cfg.node.name.as_deref())?;
+        let client = kube::Client::try_default()
+            .await
+            .context("Kubernetes client (in-cluster config or KUBECONFIG)")?;
+        agent.node.write().await.name = Some(name.clone());
+        info!(node = %name, "pod CIDRs come from the Kubernetes Node object");
+        let mut rx = crate::k8s::watch_pod_cidrs(client, name);
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let cidrs = rx.borrow_and_update().clone();
+                if agent.speaker.set_originated(cidrs.clone()).await.is_err() {
+                    return;
+                }
+                agent.fib.set_own(cidrs.clone()).await;
+                agent.node.write().await.pod_cidrs = cidrs;
+            }
+        });
+    }
     let _metrics = match cfg.metrics.address {
         Some(addr) => Some(
             crate::metrics::serve(addr, agent.clone())

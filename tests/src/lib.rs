@@ -11,6 +11,7 @@
 pub mod bird;
 pub mod frr;
 pub mod gobgp;
+pub mod kube_fake;
 pub mod petrel;
 
 use std::io::Write;
@@ -200,9 +201,15 @@ impl Netns {
 
     /// Start a long-running process inside the namespace, its output in `log`.
     pub fn spawn(&self, name: &str, argv: &[&str], log: &Path) -> Daemon {
+        self.spawn_env(name, argv, log, &[])
+    }
+
+    /// Like [`Netns::spawn`], with extra environment variables.
+    pub fn spawn_env(&self, name: &str, argv: &[&str], log: &Path, env: &[(&str, &str)]) -> Daemon {
         let out = std::fs::File::create(log).expect("log file");
         let err = out.try_clone().expect("log file");
         let mut c = self.cmd(argv[0]);
+        c.envs(env.iter().copied());
         c.args(&argv[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))

@@ -18,14 +18,30 @@ pub struct Petrel {
     name: String,
     runs: u32,
     dir: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Petrel {
     /// Write `yaml` and start `petrel run` in `ns`; returns once the control socket answers.
     pub fn start(ns: &Netns, dir: &TestDir, name: &str, yaml: &str) -> Petrel {
+        Self::start_env(ns, dir, name, yaml, &[])
+    }
+
+    /// Like [`Petrel::start`], with extra environment variables (e.g. KUBECONFIG).
+    pub fn start_env(
+        ns: &Netns,
+        dir: &TestDir,
+        name: &str,
+        yaml: &str,
+        env: &[(&str, &str)],
+    ) -> Petrel {
         let config = dir.write(&format!("{name}.yaml"), yaml);
         let socket = dir.file(&format!("{name}.sock"));
-        Self::launch(ns, dir, name, config, socket, 1)
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::launch(ns, dir, name, config, socket, 1, env)
     }
 
     fn launch(
@@ -35,11 +51,14 @@ impl Petrel {
         config: PathBuf,
         socket: PathBuf,
         run: u32,
+        env: Vec<(String, String)>,
     ) -> Petrel {
         // One log per run: a restart test wants both.
         let log = dir.file(&format!("{name}.run{run}.log"));
         let petrel = bin("petrel");
-        let daemon = ns.spawn(
+        let env_ref: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let daemon = ns.spawn_env(
             name,
             &[
                 petrel.to_str().unwrap(),
@@ -52,6 +71,7 @@ impl Petrel {
                 "info,petrel_bgp=debug",
             ],
             &log,
+            &env_ref,
         );
         let p = Petrel {
             ns_name: ns.name.clone(),
@@ -62,6 +82,7 @@ impl Petrel {
             name: name.to_string(),
             runs: run,
             dir: dir.path.clone(),
+            env,
         };
         wait_until_or(
             &format!("{name} control socket"),
@@ -82,6 +103,7 @@ impl Petrel {
             self.config.clone(),
             self.socket.clone(),
             self.runs + 1,
+            self.env.clone(),
         );
         *self = again;
     }
