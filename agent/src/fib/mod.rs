@@ -15,7 +15,7 @@
 
 pub mod netlink;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -105,10 +105,22 @@ impl Fib {
     }
 }
 
-type Job = (
-    Vec<RouteOp>,
-    oneshot::Sender<std::io::Result<Vec<(usize, std::io::Error)>>>,
-);
+type BatchResult = std::io::Result<Vec<(usize, std::io::Error)>>;
+type Job = (Vec<RouteOp>, oneshot::Sender<BatchResult>);
+
+/// A batch the netlink thread is working on.
+struct Inflight {
+    rx: oneshot::Receiver<BatchResult>,
+    prefixes: Vec<IpNet>,
+    /// Per operation: an install (not a delete).
+    installs: Vec<bool>,
+    started: Instant,
+    n: usize,
+}
+
+/// Batches handed to the netlink thread before the first comes back: the next one is built
+/// while the kernel works on the previous.
+const MAX_INFLIGHT: usize = 3;
 
 /// The netlink writer thread.
 fn spawn_writer(tag: RouteTag) -> std::io::Result<mpsc::Sender<Job>> {
@@ -134,6 +146,7 @@ fn spawn_monitor(tag: RouteTag) -> std::io::Result<mpsc::Receiver<Option<IpNet>>
     const RTMGRP_IPV6_ROUTE: u32 = 0x400;
     const RTM_DELROUTE: u16 = 25;
     let mut sock = Socket::new(NETLINK_ROUTE)?;
+    netlink::only_deletions(&sock)?;
     sock.bind(&SocketAddr::new(0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))?;
     // Our own installs are announced here too: a large buffer, and a resync if it overflows.
     let _ = sock.set_rx_buf_sz(16 * 1024 * 1024);
@@ -270,51 +283,84 @@ pub async fn has_routes(tag: RouteTag) -> bool {
 }
 
 impl FibTask {
-    async fn apply(&mut self, ops: Vec<RouteOp>) -> Vec<(usize, std::io::Error)> {
+    /// Hand `ops` to the netlink thread without waiting for the kernel.
+    async fn submit(&mut self, ops: Vec<RouteOp>) -> Option<Inflight> {
         if ops.is_empty() {
-            return Vec::new();
+            return None;
         }
-        let started = Instant::now();
-        let n = ops.len();
         let (tx, rx) = oneshot::channel();
         let prefixes: Vec<IpNet> = ops.iter().map(|o| o.prefix()).collect();
-        let kinds: Vec<bool> = ops
+        let installs: Vec<bool> = ops
             .iter()
             .map(|o| !matches!(o, RouteOp::Delete { .. }))
             .collect();
+        let n = ops.len();
         if self.writer.send((ops, tx)).await.is_err() {
             warn!("netlink writer is gone");
-            return Vec::new();
+            return None;
         }
-        let failed = match rx.await {
+        Some(Inflight {
+            rx,
+            prefixes,
+            installs,
+            started: Instant::now(),
+            n,
+        })
+    }
+
+    /// Account for a batch the kernel has answered.
+    fn complete(&mut self, b: Inflight, res: Result<BatchResult, oneshot::error::RecvError>) -> Vec<(usize, std::io::Error)> {
+        let failed = match res {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
                 warn!(error = %e, "netlink batch failed");
-                self.summary.errors += n as u64;
+                self.summary.errors += b.n as u64;
                 return Vec::new();
             }
             Err(_) => return Vec::new(),
         };
-        self.summary.ops += n as u64;
+        let secs = b.started.elapsed().as_secs_f64();
+        self.summary.ops += b.n as u64;
         self.summary.errors += failed.len() as u64;
-        self.summary.last_batch_secs = started.elapsed().as_secs_f64();
-        self.summary.last_batch_routes = n;
-        self.metrics
-            .fib_batch_seconds
-            .observe(self.summary.last_batch_secs);
-        self.metrics.fib_batch_routes.observe(n as f64);
-        let refused: HashSet<usize> = failed.iter().map(|(i, _)| *i).collect();
-        for (i, p) in prefixes.iter().enumerate() {
-            if refused.contains(&i) && kinds[i] {
-                self.failed.insert(*p);
-            } else {
-                self.failed.remove(p);
+        self.summary.last_batch_secs = secs;
+        self.summary.last_batch_routes = b.n;
+        self.metrics.fib_batch_seconds.observe(secs);
+        self.metrics.fib_batch_routes.observe(b.n as f64);
+        debug!(ops = b.n, secs, "batch applied");
+        // Most batches have no refusal and nothing to forgive: skip the per-route work.
+        if !failed.is_empty() || !self.failed.is_empty() {
+            let refused: HashSet<usize> = failed.iter().map(|(i, _)| *i).collect();
+            for (i, p) in b.prefixes.iter().enumerate() {
+                if refused.contains(&i) && b.installs[i] {
+                    self.failed.insert(*p);
+                } else {
+                    self.failed.remove(p);
+                }
             }
         }
         for (i, e) in &failed {
-            warn!(prefix = %prefixes[*i], error = %e, "kernel refused a route");
+            warn!(prefix = %b.prefixes[*i], error = %e, "kernel refused a route");
         }
         failed
+    }
+
+    /// Submit and wait (for everything but the bulk change stream).
+    async fn apply(&mut self, ops: Vec<RouteOp>) -> Vec<(usize, std::io::Error)> {
+        match self.submit(ops).await {
+            Some(mut b) => {
+                let res = (&mut b.rx).await;
+                self.complete(b, res)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Wait for the batches in flight, in order.
+    async fn drain(&mut self, inflight: &mut VecDeque<Inflight>) {
+        while let Some(mut b) = inflight.pop_front() {
+            let res = (&mut b.rx).await;
+            self.complete(b, res);
+        }
     }
 
     async fn set_own(&mut self, own: Vec<IpNet>) {
@@ -345,7 +391,7 @@ impl FibTask {
             (self.summary.ecmp as i64 + (after > 1) as i64 - (before > 1) as i64).max(0) as u64;
     }
 
-    async fn changes(&mut self, batch: Vec<RibChange>) {
+    fn changes(&mut self, batch: Vec<RibChange>) -> Vec<RouteOp> {
         let mut ops = Vec::with_capacity(batch.len());
         for c in &batch {
             self.count(c);
@@ -363,7 +409,7 @@ impl FibTask {
                 });
             }
         }
-        self.apply(ops).await;
+        ops
     }
 
     async fn sweep(&mut self) {
@@ -485,11 +531,24 @@ impl FibTask {
     ) {
         let mut restore_at: Option<Instant> = None;
         let mut frozen = false;
-        let mut last_trim = Instant::now();
+        let mut trim_at: Option<Instant> = None;
+        let mut inflight: VecDeque<Inflight> = VecDeque::new();
         loop {
             tokio::select! {
                 biased;
-                cmd = cmds.recv() => match cmd {
+                res = async { (&mut inflight.front_mut().expect("guarded").rx).await }, if !inflight.is_empty() => {
+                    if let Some(b) = inflight.pop_front() {
+                        self.complete(b, res);
+                    }
+                    if inflight.is_empty() {
+                        // Once the burst is over (no change for a moment), give back the
+                        // memory its transient buffers used.
+                        trim_at = Some(Instant::now() + Duration::from_millis(500));
+                    }
+                }
+                cmd = cmds.recv() => {
+                    self.drain(&mut inflight).await;
+                    match cmd {
                     Some(FibCmd::Summary(tx)) => {
                         let mut s = self.summary.clone();
                         s.stale = self.stale.len();
@@ -508,18 +567,19 @@ impl FibTask {
                         let _ = tx.send(());
                     }
                     None => break,
+                    }
                 },
-                out = changes.recv(), if !frozen => match out {
+                out = changes.recv(), if !frozen && inflight.len() < MAX_INFLIGHT => match out {
                     Some(RibOutput::Changes(batch)) => {
-                        self.changes(batch).await;
-                        // A burst is over: give the memory its transient buffers used back
-                        // to the system, at most once a second.
-                        if changes.is_empty() && last_trim.elapsed() > Duration::from_secs(1) {
-                            release_memory();
-                            last_trim = Instant::now();
+                        let ops = self.changes(batch);
+                        if let Some(b) = self.submit(ops).await {
+                            inflight.push_back(b);
                         }
                     }
-                    Some(RibOutput::Synced) => self.sweep().await,
+                    Some(RibOutput::Synced) => {
+                        self.drain(&mut inflight).await;
+                        self.sweep().await;
+                    }
                     None => {
                         // The speaker stopped; keep answering commands until dropped.
                         changes = mpsc::channel(1).1;
@@ -532,12 +592,21 @@ impl FibTask {
                         // look at them together shortly after.
                         restore_at.get_or_insert(Instant::now() + Duration::from_millis(100));
                     }
-                    Some(None) => self.resync().await,
+                    Some(None) => {
+                        self.drain(&mut inflight).await;
+                        self.resync().await;
+                    }
                     None => monitor = mpsc::channel(1).1,
                 },
                 _ = tokio::time::sleep_until(restore_at.unwrap_or_else(Instant::now).into()), if restore_at.is_some() => {
                     restore_at = None;
+                    self.drain(&mut inflight).await;
                     self.restore().await;
+                }
+                _ = tokio::time::sleep_until(trim_at.unwrap_or_else(Instant::now).into()), if trim_at.is_some() => {
+                    trim_at = None;
+                    // Walking the heap takes a while after a big load: not on this task.
+                    tokio::task::spawn_blocking(release_memory);
                 }
             }
         }

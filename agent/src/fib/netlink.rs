@@ -178,28 +178,37 @@ impl Netlink {
             let mut seqs: Vec<(u32, usize)> = Vec::new();
             let mut i = start;
             while i < ops.len() && self.buf.len() < BATCH_BYTES {
+                // Only the last request of a send asks for an ACK: the kernel answers the
+                // others only if they fail, and handles them in order, so the last ACK
+                // means the whole send is done. Half the netlink traffic of one ACK each.
+                let last = i + 1 == ops.len() || self.buf.len() + 512 >= BATCH_BYTES;
+                let ack = if last { NLM_F_ACK } else { 0 };
                 let (payload, flags) = match &ops[i] {
                     RouteOp::Replace { prefix, target } => (
                         RouteNetlinkMessage::NewRoute(self.route_message(prefix, target)),
-                        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+                        NLM_F_REQUEST | ack | NLM_F_CREATE | NLM_F_REPLACE,
                     ),
                     RouteOp::AddIfMissing { prefix, target } => (
                         RouteNetlinkMessage::NewRoute(self.route_message(prefix, target)),
-                        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                        NLM_F_REQUEST | ack | NLM_F_CREATE | NLM_F_EXCL,
                     ),
                     RouteOp::Delete { prefix } => {
                         let mut m = self.header(&self.tag, prefix, RouteType::Unspec);
                         m.header.scope = RouteScope::NoWhere;
-                        (RouteNetlinkMessage::DelRoute(m), NLM_F_REQUEST | NLM_F_ACK)
+                        (RouteNetlinkMessage::DelRoute(m), NLM_F_REQUEST | ack)
                     }
                 };
                 let seq = self.push(payload, flags);
                 seqs.push((seq, i));
                 i += 1;
+                if last {
+                    break;
+                }
             }
             self.sock.send(&self.buf, 0)?;
-            let mut pending = seqs.len();
-            while pending > 0 {
+            let last_seq = seqs.last().map(|(s, _)| *s).unwrap_or(0);
+            let mut done = false;
+            while !done {
                 let n = self.sock.recv(&mut &mut self.rx[..], 0)?;
                 let mut off = 0;
                 while off + 16 <= n {
@@ -217,8 +226,16 @@ impl Netlink {
                         let code = i32::from_ne_bytes(
                             self.rx[off + 16..off + 20].try_into().unwrap_or([0; 4]),
                         );
-                        if let Some(&(_, idx)) = seqs.iter().find(|(s, _)| *s == seq) {
-                            pending -= 1;
+                        if seq == last_seq {
+                            done = true;
+                        }
+                        let first = seqs.first().map(|(s, _)| *s).unwrap_or(0);
+                        let pos = seq.wrapping_sub(first) as usize;
+                        let hit = seqs
+                            .get(pos)
+                            .filter(|(s, _)| *s == seq)
+                            .or_else(|| seqs.iter().find(|(s, _)| *s == seq));
+                        if let Some(&(_, idx)) = hit {
                             if code != 0 {
                                 let errno = -code;
                                 let benign = match ops[idx] {
@@ -354,5 +371,41 @@ fn addr(a: &RouteAddress) -> Option<IpAddr> {
         RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
         RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
         _ => None,
+    }
+}
+
+/// Let only RTM_DELROUTE messages reach `sock` (a classic BPF socket filter): route
+/// additions, ours included, are then dropped by the kernel instead of waking us up.
+pub fn only_deletions(sock: &Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const RTM_DELROUTE: u16 = 25;
+    // BPF reads half-words big-endian; nlmsg_type is in host order.
+    let k = u16::from_be_bytes(RTM_DELROUTE.to_ne_bytes()) as u32;
+    let mut code = [
+        // A = nlmsg_type (bytes 4..6 of the message)
+        libc::sock_filter { code: 0x28, jt: 0, jf: 0, k: 4 },
+        // if A == RTM_DELROUTE accept, else drop
+        libc::sock_filter { code: 0x15, jt: 0, jf: 1, k },
+        libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0xffff_ffff },
+        libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 },
+    ];
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at `code`, both alive for the call; the kernel copies them.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            &prog as *const libc::sock_fprog as *const libc::c_void,
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }

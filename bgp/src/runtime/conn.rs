@@ -96,7 +96,14 @@ impl Conn {
                 if buf.capacity() - buf.len() < 8192 {
                     buf.reserve(64 * 1024);
                 }
-                match rd.read_buf(&mut buf).await {
+                let read = rd.read_buf(&mut buf).await;
+                // ACK at once: a sender with Nagle's algorithm on (BIRD, for one) holds the
+                // short tail segment of each message until our ACK comes back, and a delayed
+                // ACK would stall every UPDATE for milliseconds. Quick-ACK mode is not
+                // sticky in Linux, so it is set again after each read.
+                quickack(&rd);
+                tracing::trace!(read = ?read.as_ref().ok(), buffered = buf.len(), "socket read");
+                match read {
                     Ok(0) => {
                         let _ = events.send((id, ConnEvent::Closed(None))).await;
                         return;
@@ -142,6 +149,21 @@ impl Conn {
     pub fn close(self) {
         self.reader.abort();
         let _ = self.writer.send(WriterMsg::Close);
+    }
+}
+
+fn quickack(rd: &tokio::net::tcp::OwnedReadHalf) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: integer socket option on a socket we own, exact size passed.
+    unsafe {
+        libc::setsockopt(
+            rd.as_ref().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 

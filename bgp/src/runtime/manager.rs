@@ -43,7 +43,9 @@ pub(crate) async fn spawn(
     originated: Vec<IpNet>,
     cmds: mpsc::Receiver<SpeakerCmd>,
 ) -> Result<mpsc::Receiver<RibOutput>, Error> {
-    let (out_tx, out_rx) = mpsc::channel(64);
+    // Few batches in flight to the consumer: a slow FIB holds the RIB back (and, through
+    // it, the peers' sockets) instead of piling up changes in memory.
+    let (out_tx, out_rx) = mpsc::channel(4);
     let (acc_tx, acc_rx) = mpsc::channel(64);
     let listeners = listen(&cfg, acc_tx)?;
     let initial: Vec<PeerId> = (0..peers.len() as PeerId).collect();
