@@ -9,6 +9,7 @@
 //! Waiting is always for a condition with a deadline ([`wait_until`]), never a fixed sleep.
 
 pub mod bird;
+pub mod cni;
 pub mod frr;
 pub mod gobgp;
 pub mod kube_fake;

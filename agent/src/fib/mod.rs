@@ -309,7 +309,11 @@ impl FibTask {
     }
 
     /// Account for a batch the kernel has answered.
-    fn complete(&mut self, b: Inflight, res: Result<BatchResult, oneshot::error::RecvError>) -> Vec<(usize, std::io::Error)> {
+    fn complete(
+        &mut self,
+        b: Inflight,
+        res: Result<BatchResult, oneshot::error::RecvError>,
+    ) -> Vec<(usize, std::io::Error)> {
         let failed = match res {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {

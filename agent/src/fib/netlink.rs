@@ -383,11 +383,31 @@ pub fn only_deletions(sock: &Socket) -> io::Result<()> {
     let k = u16::from_be_bytes(RTM_DELROUTE.to_ne_bytes()) as u32;
     let mut code = [
         // A = nlmsg_type (bytes 4..6 of the message)
-        libc::sock_filter { code: 0x28, jt: 0, jf: 0, k: 4 },
+        libc::sock_filter {
+            code: 0x28,
+            jt: 0,
+            jf: 0,
+            k: 4,
+        },
         // if A == RTM_DELROUTE accept, else drop
-        libc::sock_filter { code: 0x15, jt: 0, jf: 1, k },
-        libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0xffff_ffff },
-        libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 },
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 1,
+            k,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0xffff_ffff,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
     ];
     let prog = libc::sock_fprog {
         len: code.len() as u16,

@@ -87,6 +87,8 @@ pub(crate) struct PeerTask {
     last_state: crate::fsm::State,
     last_error: Option<String>,
     eor_at: Vec<(Afi, f64)>,
+    /// While the peer's initial table is coming: when to check whether it went quiet.
+    nudge_at: Option<Instant>,
     counters: Counters,
 }
 
@@ -99,7 +101,11 @@ impl PeerTask {
         rib: mpsc::Sender<RibEvent>,
     ) -> PeerHandle {
         let (tx, rx) = mpsc::channel(64);
-        let (conn_tx, conn_rx) = mpsc::channel(256);
+        // Raw messages read off the socket but not yet processed. Deep enough (at most
+        // 16384 UPDATEs of at most 4 KB) that a peer sending a full table never finds its
+        // TCP window closed: some speakers (BIRD among them) stall for seconds once their
+        // socket blocks. The RIB still holds us back, just not through the socket.
+        let (conn_tx, conn_rx) = mpsc::channel(16384);
         let fsm = Fsm::new(fsm_config(&cfg, &speaker));
         let task = PeerTask {
             id,
@@ -125,6 +131,7 @@ impl PeerTask {
             last_state: crate::fsm::State::Idle,
             last_error: None,
             eor_at: Vec::new(),
+            nudge_at: None,
             counters: Counters {
                 messages_in: 0,
                 messages_out: 0,
@@ -150,7 +157,7 @@ impl PeerTask {
     ) {
         let rib = self.rib.clone();
         loop {
-            let next = self.timers.values().min().copied();
+            let next = self.timers.values().copied().chain(self.nudge_at).min();
             let waiting = !self.pending.is_empty();
             tokio::select! {
                 biased;
@@ -164,6 +171,7 @@ impl PeerTask {
                 }
                 _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now).into()), if next.is_some() => {
                     self.fire_timers();
+                    self.nudge();
                 }
                 permit = rib.reserve(), if waiting => {
                     let Ok(permit) = permit else { break };
@@ -369,6 +377,41 @@ impl PeerTask {
         }
     }
 
+    /// Some speakers (BIRD 2 among them) can leave the tail of their initial table unsent
+    /// until their event loop next wakes up, up to 3 s later. While we wait for the peer's
+    /// End-of-RIB, a session quiet for 200 ms gets a KEEPALIVE, at most one a second
+    /// (RFC 4271 4.4), which wakes such a peer; it costs nothing to others.
+    fn nudge(&mut self) {
+        let Some(at) = self.nudge_at else { return };
+        let now = Instant::now();
+        if now < at {
+            return;
+        }
+        let (Some(d), Some(n)) = (self.up_dir, &self.negotiated) else {
+            self.nudge_at = None;
+            return;
+        };
+        // Done once every family's End-of-RIB came, or after a minute (a peer that never
+        // sends one is not nudged forever).
+        let too_late = self
+            .up_since
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(60));
+        if self.eor_at.len() >= n.families.len() || too_late {
+            self.nudge_at = None;
+            return;
+        }
+        if let Some(c) = &self.conns[slot(d)] {
+            let quiet = conn::now_ms().saturating_sub(c.last_rx.load(Ordering::Relaxed));
+            if quiet >= 200 {
+                c.send(wire::encode(&Message::Keepalive, &self.codec(d)));
+                self.counters.messages_out += 1;
+                self.nudge_at = Some(now + Duration::from_secs(1));
+            } else {
+                self.nudge_at = Some(now + Duration::from_millis(200 - quiet));
+            }
+        }
+    }
+
     fn fire_timers(&mut self) {
         let now = Instant::now();
         let due: Vec<Timer> = self
@@ -510,6 +553,7 @@ impl PeerTask {
         self.negotiated = Some(n);
         self.up_dir = Some(d);
         self.up_since = Some(Instant::now());
+        self.nudge_at = Some(Instant::now() + Duration::from_millis(200));
         self.advertised.clear();
         self.sync_exports();
         // End-of-RIB after the initial update (RFC 4724 2), for every family.
@@ -534,6 +578,7 @@ impl PeerTask {
         self.negotiated = None;
         self.up_dir = None;
         self.up_since = None;
+        self.nudge_at = None;
         self.advertised.clear();
     }
 

@@ -1,0 +1,401 @@
+//! The few rtnetlink operations a CNI call needs, synchronous: a plugin lives for
+//! milliseconds, and a blocking socket per network namespace is the cheapest way to talk to
+//! the kernel. Messages are built with netlink-packet-route (and rtnetlink's builders).
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::RawFd;
+
+use ipnet::IpNet;
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
+};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
+};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+/// A netlink socket in the network namespace of the thread that opened it.
+pub struct Nl {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+/// A link as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Vec<u8>,
+    pub mtu: u32,
+    pub up: bool,
+    pub kind: Option<String>,
+}
+
+/// A route as the kernel reports it (main table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub dst: IpNet,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub scope_link: bool,
+}
+
+pub fn mac_string(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn family(a: &IpAddr) -> AddressFamily {
+    match a {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+fn raddr(a: IpAddr) -> RouteAddress {
+    match a {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }
+}
+
+impl Nl {
+    pub fn open() -> io::Result<Nl> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        sock.set_ext_ack(true)?;
+        Ok(Nl {
+            sock,
+            seq: 1,
+            buf: vec![0u8; 64 * 1024],
+        })
+    }
+
+    /// Send one request; collect the messages of the answer until its ACK, DONE or error.
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut hdr = NetlinkHeader::default();
+        // Every request that is not a dump asks for an ACK: that is how we know its answer
+        // is complete (a GET would otherwise send its one message and nothing after).
+        hdr.flags = if flags & NLM_F_DUMP == NLM_F_DUMP {
+            NLM_F_REQUEST | flags
+        } else {
+            NLM_F_REQUEST | NLM_F_ACK | flags
+        };
+        hdr.sequence_number = seq;
+        let mut m = NetlinkMessage::new(hdr, NetlinkPayload::InnerMessage(msg));
+        m.finalize();
+        let mut out = vec![0u8; m.buffer_len()];
+        m.serialize(&mut out);
+        self.sock.send(&out, 0)?;
+        let mut replies = Vec::new();
+        loop {
+            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
+            let mut off = 0;
+            while off < n {
+                let reply =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..n])
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let len = reply.header.length as usize;
+                if reply.header.sequence_number == seq {
+                    match reply.payload {
+                        NetlinkPayload::Error(e) => {
+                            return match e.code {
+                                Some(c) => Err(io::Error::from_raw_os_error(-c.get())),
+                                None => Ok(replies),
+                            };
+                        }
+                        NetlinkPayload::Done(_) => return Ok(replies),
+                        NetlinkPayload::InnerMessage(m) => replies.push(m),
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                off += (len + 3) & !3;
+            }
+        }
+    }
+
+    fn link_of(m: LinkMessage) -> Link {
+        let mut l = Link {
+            index: m.header.index,
+            name: String::new(),
+            mac: Vec::new(),
+            mtu: 0,
+            up: m.header.flags.contains(LinkFlags::Up),
+            kind: None,
+        };
+        for a in m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name = n,
+                LinkAttribute::Address(mac) => l.mac = mac,
+                LinkAttribute::Mtu(mtu) => l.mtu = mtu,
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            l.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        l
+    }
+
+    /// The link called `name`, if there is one.
+    pub fn link(&mut self, name: &str) -> io::Result<Option<Link>> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(RouteNetlinkMessage::GetLink(m), 0) {
+            Ok(r) => Ok(r.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Self::link_of(l)),
+                _ => None,
+            })),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn link_by_index(&mut self, index: u32) -> io::Result<Option<Link>> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        match self.request(RouteNetlinkMessage::GetLink(m), 0) {
+            Ok(r) => Ok(r.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Self::link_of(l)),
+                _ => None,
+            })),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every link of the namespace.
+    pub fn links(&mut self) -> io::Result<Vec<Link>> {
+        let r = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(r.into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Self::link_of(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// A veth pair: `host` here with MAC `host_mac`, `peer` created directly in the network
+    /// namespace `peer_ns` (never moved afterwards). Fails with EEXIST if `host` exists.
+    pub fn create_veth(
+        &mut self,
+        host: &str,
+        host_mac: [u8; 6],
+        peer: &str,
+        peer_ns: RawFd,
+        mtu: u32,
+    ) -> io::Result<()> {
+        let mut p = LinkMessage::default();
+        p.attributes.push(LinkAttribute::IfName(peer.to_string()));
+        p.attributes.push(LinkAttribute::Mtu(mtu));
+        p.attributes.push(LinkAttribute::NetNsFd(peer_ns));
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(host.to_string()));
+        m.attributes.push(LinkAttribute::Mtu(mtu));
+        m.attributes.push(LinkAttribute::Address(host_mac.to_vec()));
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
+        ]));
+        self.request(
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
+    pub fn set_up(&mut self, index: u32) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        self.request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK)?;
+        Ok(())
+    }
+
+    /// Delete a link (and, for a veth, its peer). `Ok(false)` if it was not there.
+    pub fn delete_link(&mut self, name: &str) -> io::Result<bool> {
+        let Some(l) = self.link(name)? else {
+            return Ok(false);
+        };
+        let mut m = LinkMessage::default();
+        m.header.index = l.index;
+        match self.request(RouteNetlinkMessage::DelLink(m), NLM_F_ACK) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Add `addr` to link `index`; IPv6 ones skip duplicate address detection.
+    pub fn add_addr(&mut self, index: u32, addr: IpNet) -> io::Result<()> {
+        let mut m = AddressMessage::default();
+        m.header.family = family(&addr.addr());
+        m.header.prefix_len = addr.prefix_len();
+        m.header.index = index;
+        m.header.scope = if addr.addr().is_ipv6()
+            && matches!(addr.addr(), IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80)
+        {
+            AddressScope::Link
+        } else {
+            AddressScope::Universe
+        };
+        m.attributes.push(AddressAttribute::Local(addr.addr()));
+        m.attributes.push(AddressAttribute::Address(addr.addr()));
+        if addr.addr().is_ipv6() {
+            m.header.flags = AddressHeaderFlags::Nodad;
+            m.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        self.request(
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
+    /// The addresses on link `index`.
+    pub fn addrs(&mut self, index: u32) -> io::Result<Vec<IpNet>> {
+        let r = self.request(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(r.into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
+                    let len = a.header.prefix_len;
+                    a.attributes.iter().find_map(|x| match x {
+                        AddressAttribute::Address(ip) => IpNet::new(*ip, len).ok(),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Add a route in the main table: through `gw` if given, else directly on the link.
+    pub fn add_route(&mut self, dst: IpNet, gw: Option<IpAddr>, oif: u32) -> io::Result<()> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = family(&dst.addr());
+        m.header.destination_prefix_length = dst.prefix_len();
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Boot;
+        m.header.kind = RouteType::Unicast;
+        m.header.scope = if gw.is_some() {
+            RouteScope::Universe
+        } else {
+            RouteScope::Link
+        };
+        if dst.prefix_len() > 0 {
+            m.attributes
+                .push(RouteAttribute::Destination(raddr(dst.addr())));
+        }
+        if let Some(g) = gw {
+            m.attributes.push(RouteAttribute::Gateway(raddr(g)));
+        }
+        m.attributes.push(RouteAttribute::Oif(oif));
+        self.request(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
+    /// Routes of the main table of one family.
+    pub fn routes(&mut self, v6: bool) -> io::Result<Vec<RouteEntry>> {
+        let mut q = RouteMessage::default();
+        q.header.address_family = if v6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let r = self.request(RouteNetlinkMessage::GetRoute(q), NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        for m in r {
+            let RouteNetlinkMessage::NewRoute(rt) = m else {
+                continue;
+            };
+            if rt.header.table != RouteHeader::RT_TABLE_MAIN {
+                continue;
+            }
+            let mut dst: Option<IpAddr> = None;
+            let mut gw = None;
+            let mut oif = None;
+            for a in &rt.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => {
+                        dst = Some(IpAddr::V4(*a))
+                    }
+                    RouteAttribute::Destination(RouteAddress::Inet6(a)) => {
+                        dst = Some(IpAddr::V6(*a))
+                    }
+                    RouteAttribute::Gateway(RouteAddress::Inet(a)) => gw = Some(IpAddr::V4(*a)),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gw = Some(IpAddr::V6(*a)),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            let dst = dst.unwrap_or(if v6 {
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            });
+            if let Ok(dst) = IpNet::new(dst, rt.header.destination_prefix_length) {
+                out.push(RouteEntry {
+                    dst,
+                    gateway: gw,
+                    oif,
+                    scope_link: rt.header.scope == RouteScope::Link,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The MTU of the link the default route leaves through, if there is a default route.
+    pub fn uplink_mtu(&mut self) -> io::Result<Option<u32>> {
+        for v6 in [false, true] {
+            let oif = self
+                .routes(v6)?
+                .into_iter()
+                .find(|r| r.dst.prefix_len() == 0)
+                .and_then(|r| r.oif);
+            if let Some(i) = oif
+                && let Some(l) = self.link_by_index(i)?
+            {
+                return Ok(Some(l.mtu));
+            }
+        }
+        Ok(None)
+    }
+}
