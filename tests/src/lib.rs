@@ -10,6 +10,7 @@
 
 pub mod bird;
 pub mod cni;
+pub mod containerd;
 pub mod frr;
 pub mod gobgp;
 pub mod kube_fake;
@@ -286,6 +287,15 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Adopt a process started elsewhere.
+    pub fn from_child(name: &str, child: Child, log: &Path) -> Daemon {
+        Daemon {
+            name: name.to_string(),
+            child: Some(child),
+            log: log.to_path_buf(),
+        }
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
@@ -401,4 +411,20 @@ pub fn http_get(ns: &Netns, host: &str, port: u16, path: &str) -> String {
         .output()
         .expect("bash");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Processes whose command line has an argument equal to `arg`.
+pub fn pids_with_arg(arg: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline"))
+            && cmd.split(|b| *b == 0).any(|a| a == arg.as_bytes())
+        {
+            out.push(pid);
+        }
+    }
+    out
 }
