@@ -1,25 +1,32 @@
-//! Working inside a pod's network namespace: a short-lived thread joins it with setns(2), so
-//! the rest of the process (and its other sockets) stays where it was. Netlink sockets and
-//! /proc/sys/net files opened on that thread belong to the pod's namespace.
+//! Working inside a pod's network namespace: the (single) thread joins it with setns(2) and
+//! comes back. Netlink sockets and /proc/sys/net files opened meanwhile belong to the pod's
+//! namespace; sockets opened before stay in the node's.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
-/// Run `f` on a thread inside the network namespace at `path`.
-pub fn run_in<T: Send>(path: &str, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-    let ns = File::open(path)?;
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            // SAFETY: setns on this thread only, with an fd that stays open for the call.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            f()
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("netns worker panicked")))
-    })
+/// Run `f` inside the network namespace at `path`, then come back.
+///
+/// The plugins are single-threaded, so the calling thread itself switches (setns affects
+/// only the calling thread) and switches back to where it was; sockets opened in `f`
+/// belong to the pod's namespace, those opened before stay where they are.
+pub fn run_in<T>(path: &str, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let target = File::open(path)?;
+    let home = File::open("/proc/thread-self/ns/net")?;
+    // SAFETY: setns on the calling thread, with fds open for the call.
+    if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let out = f();
+    // SAFETY: as above; going back must not fail silently, or later work would happen in
+    // the pod's namespace.
+    if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        let e = io::Error::last_os_error();
+        eprintln!("petrel-cni: cannot return to the node's network namespace: {e}");
+        std::process::abort();
+    }
+    out
 }
 
 /// Write a sysctl under /proc/sys/net of the calling thread's namespace.
@@ -33,4 +40,14 @@ pub fn sysctl_get(key: &str) -> Option<String> {
     std::fs::read_to_string(format!("/proc/sys/net/{key}"))
         .ok()
         .map(|s| s.trim().to_string())
+}
+
+/// Set a sysctl only if it differs: some (`forwarding`, for one) take the kernel's rtnl
+/// lock when written, and a busy node should not serialize pod creation on writes that
+/// change nothing (new devices inherit `forwarding` from the node's default).
+pub fn sysctl_ensure(key: &str, want: &str) -> io::Result<()> {
+    if sysctl_get(key).as_deref() == Some(want) {
+        return Ok(());
+    }
+    sysctl_set(key, want)
 }

@@ -80,7 +80,9 @@ impl Nl {
         Ok(Nl {
             sock,
             seq: 1,
-            buf: vec![0u8; 64 * 1024],
+            // Answers are a few hundred bytes, dumps come in chunks of at most a page or two
+            // per recv.
+            buf: vec![0u8; 32 * 1024],
         })
     }
 
@@ -214,11 +216,16 @@ impl Nl {
         peer_ns: RawFd,
         mtu: u32,
     ) -> io::Result<()> {
+        // The host end comes up as it is created (one link change, and one taking of the
+        // kernel's rtnl lock, fewer per pod). The peer cannot: veth refuses to open before
+        // the pair is linked, which happens after the peer is configured.
         let mut p = LinkMessage::default();
         p.attributes.push(LinkAttribute::IfName(peer.to_string()));
         p.attributes.push(LinkAttribute::Mtu(mtu));
         p.attributes.push(LinkAttribute::NetNsFd(peer_ns));
         let mut m = LinkMessage::default();
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
         m.attributes.push(LinkAttribute::IfName(host.to_string()));
         m.attributes.push(LinkAttribute::Mtu(mtu));
         m.attributes.push(LinkAttribute::Address(host_mac.to_vec()));
@@ -237,6 +244,14 @@ impl Nl {
         let mut m = LinkMessage::default();
         m.header.index = index;
         m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        self.request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK)?;
+        Ok(())
+    }
+
+    pub fn set_down(&mut self, index: u32) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
         m.header.change_mask = LinkFlags::Up;
         self.request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK)?;
         Ok(())
@@ -382,14 +397,32 @@ impl Nl {
         Ok(out)
     }
 
-    /// The MTU of the link the default route leaves through, if there is a default route.
+    /// The MTU of the link traffic to the outside leaves through: a FIB lookup (not a dump:
+    /// a node may hold a full BGP table) for an address no pod CIDR covers.
     pub fn uplink_mtu(&mut self) -> io::Result<Option<u32>> {
-        for v6 in [false, true] {
-            let oif = self
-                .routes(v6)?
-                .into_iter()
-                .find(|r| r.dst.prefix_len() == 0)
-                .and_then(|r| r.oif);
+        for dst in [
+            IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8)),
+            "2001:4860:4860::8888"
+                .parse()
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        ] {
+            let mut q = RouteMessage::default();
+            q.header.address_family = family(&dst);
+            q.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+            q.attributes.push(RouteAttribute::Destination(raddr(dst)));
+            let oif = match self.request(RouteNetlinkMessage::GetRoute(q), 0) {
+                Ok(r) => r.into_iter().find_map(|m| match m {
+                    RouteNetlinkMessage::NewRoute(rt) => {
+                        rt.attributes.iter().find_map(|a| match a {
+                            RouteAttribute::Oif(i) => Some(*i),
+                            _ => None,
+                        })
+                    }
+                    _ => None,
+                }),
+                // No route: try the other family.
+                Err(_) => None,
+            };
             if let Some(i) = oif
                 && let Some(l) = self.link_by_index(i)?
             {
@@ -397,5 +430,39 @@ impl Nl {
             }
         }
         Ok(None)
+    }
+
+    /// Rename link `index`.
+    pub fn rename(&mut self, index: u32, name: &str) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK)?;
+        Ok(())
+    }
+
+    /// Delete the main-table route to `dst` through link `oif` (no error if it is gone).
+    pub fn del_route(&mut self, dst: IpNet, oif: u32) -> io::Result<()> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = family(&dst.addr());
+        m.header.destination_prefix_length = dst.prefix_len();
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.scope = RouteScope::NoWhere;
+        m.attributes
+            .push(RouteAttribute::Destination(raddr(dst.addr())));
+        m.attributes.push(RouteAttribute::Oif(oif));
+        match self.request(RouteNetlinkMessage::DelRoute(m), NLM_F_ACK) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Routes of the main table through link `oif`.
+    pub fn routes_via(&mut self, oif: u32) -> io::Result<Vec<RouteEntry>> {
+        let mut out = self.routes(false)?;
+        out.extend(self.routes(true)?);
+        out.retain(|r| r.oif == Some(oif));
+        Ok(out)
     }
 }

@@ -26,7 +26,7 @@ use serde_json::Value;
 use tracing::debug;
 
 use crate::cni::{self, CniError, CniResult, Command, Env, Interface, IpConfig, Route, code};
-use crate::netns::{self, sysctl_get, sysctl_set};
+use crate::netns::{self, sysctl_ensure, sysctl_get};
 use crate::nl::{Nl, mac_string};
 
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
@@ -206,79 +206,10 @@ fn gateway_of(a: &IpAddr) -> IpAddr {
 
 pub fn add(env: &Env, conf: &Conf, raw: &[u8], version: &str) -> Result<Value, CniError> {
     let kind = ipam_type(conf)?;
-    // The pod's namespace must be there, and the name free in it, before anything is taken.
-    let ifname = env.ifname.clone();
-    let exists = netns::run_in(&env.netns, move || Ok(Nl::open()?.link(&ifname)?.is_some()))
-        .map_err(|e| {
-            CniError::new(
-                code::UNKNOWN_CONTAINER,
-                "cannot enter the pod's network namespace",
-                format!("{}: {e}", env.netns),
-            )
-        })?;
-    if exists {
-        return Err(CniError::new(
-            code::INVALID_ENV,
-            format!("interface {} already exists in the pod", env.ifname),
-            format!("CNI_IFNAME {} is taken in {}", env.ifname, env.netns),
-        ));
-    }
     let host = host_veth_name(&conf.host_veth_prefix, &env.container_id, &env.ifname);
-    if Nl::open()
-        .and_then(|mut n| n.link(&host))
-        .map_err(|e| setup_err("netlink", e))?
-        .is_some()
-    {
-        return Err(CniError::new(
-            code::INVALID_ENV,
-            "this container already has this interface",
-            format!(
-                "host interface {host} for {}/{} exists: DEL it first",
-                env.container_id, env.ifname
-            ),
-        ));
-    }
-    let ipam = delegate(&kind, "ADD", raw, env)?
-        .ok_or_else(|| {
-            CniError::new(
-                code::DECODE_FAILURE,
-                "the IPAM plugin returned nothing",
-                kind.clone(),
-            )
-        })
-        .and_then(|v| CniResult::from_json(&v))?;
-    let addrs = pod_addresses(&ipam);
-    if addrs.is_empty() {
-        let _ = delegate(&kind, "DEL", raw, env);
-        return Err(CniError::new(
-            code::SETUP_FAILED,
-            "the IPAM plugin gave no address",
-            kind,
-        ));
-    }
-    match setup(env, conf, &host, &addrs) {
-        Ok(r) => Ok(r.to_json(version)),
-        Err(e) => {
-            // Give back everything this ADD took before reporting.
-            debug!(error = %e, "ADD failed: cleaning up");
-            if let Ok(mut nl) = Nl::open() {
-                let _ = nl.delete_link(&host);
-            }
-            let _ = delegate(&kind, "DEL", raw, env);
-            Err(e)
-        }
-    }
-}
-
-fn setup(env: &Env, conf: &Conf, host: &str, addrs: &[IpAddr]) -> Result<CniResult, CniError> {
     let mut nl = Nl::open().map_err(|e| setup_err("netlink", e))?;
-    let mtu = match conf.mtu {
-        Some(m) => m,
-        None => nl
-            .uplink_mtu()
-            .map_err(|e| setup_err("reading the uplink MTU", e))?
-            .unwrap_or(1500),
-    };
+    // The veth first: it is what can collide (an interface name taken in the pod, an
+    // attachment that exists already), and nothing else is taken yet when it does.
     let ns = std::fs::File::open(&env.netns).map_err(|e| {
         CniError::new(
             code::UNKNOWN_CONTAINER,
@@ -286,30 +217,144 @@ fn setup(env: &Env, conf: &Conf, host: &str, addrs: &[IpAddr]) -> Result<CniResu
             format!("{}: {e}", env.netns),
         )
     })?;
-    nl.create_veth(host, HOST_MAC, &env.ifname, ns.as_raw_fd(), mtu)
-        .map_err(|e| setup_err(&format!("creating veth {host}/{}", env.ifname), e))?;
-    let v6 = addrs.iter().any(|a| a.is_ipv6());
-    // Host side, before it comes up (so no RA, no DAD, no delay ever happen).
-    sysctl_set(&format!("ipv4/conf/{host}/proxy_arp"), "1").map_err(|e| setup_err("sysctl", e))?;
-    sysctl_set(&format!("ipv4/neigh/{host}/proxy_delay"), "0")
-        .map_err(|e| setup_err("sysctl", e))?;
-    sysctl_set(&format!("ipv4/conf/{host}/forwarding"), "1").map_err(|e| setup_err("sysctl", e))?;
-    if v6 {
-        for (k, v) in [
-            ("accept_ra", "0"),
-            ("accept_dad", "0"),
-            ("forwarding", "1"),
-            ("proxy_ndp", "1"),
-        ] {
-            sysctl_set(&format!("ipv6/conf/{host}/{k}"), v).map_err(|e| setup_err("sysctl", e))?;
+    let mtu = match conf.mtu {
+        Some(m) => m,
+        None => nl
+            .uplink_mtu()
+            .map_err(|e| setup_err("reading the uplink MTU", e))?
+            .unwrap_or(1500),
+    };
+    if let Err(e) = nl.create_veth(&host, HOST_MAC, &env.ifname, ns.as_raw_fd(), mtu) {
+        if e.raw_os_error() == Some(libc::EEXIST) {
+            if nl
+                .link(&host)
+                .map_err(|e| setup_err("netlink", e))?
+                .is_some()
+            {
+                return Err(CniError::new(
+                    code::INVALID_ENV,
+                    "this container already has this interface",
+                    format!(
+                        "host interface {host} for {}/{} (CNI_CONTAINERID, CNI_IFNAME) exists: DEL it first",
+                        env.container_id, env.ifname
+                    ),
+                ));
+            }
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!("interface {} already exists in the pod", env.ifname),
+                format!("CNI_IFNAME {} is taken in {}", env.ifname, env.netns),
+            ));
         }
+        return Err(setup_err(
+            &format!("creating veth {host}/{}", env.ifname),
+            e,
+        ));
+    }
+    let ipam = match delegate(&kind, "ADD", raw, env)
+        .and_then(|v| {
+            v.ok_or_else(|| {
+                CniError::new(
+                    code::DECODE_FAILURE,
+                    "the IPAM plugin returned nothing",
+                    kind.clone(),
+                )
+            })
+        })
+        .and_then(|v| CniResult::from_json(&v))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            retire(&mut nl, &host, &conf.host_veth_prefix);
+            return Err(e);
+        }
+    };
+    let addrs = pod_addresses(&ipam);
+    let res = if addrs.is_empty() {
+        Err(CniError::new(
+            code::SETUP_FAILED,
+            "the IPAM plugin gave no address",
+            kind.clone(),
+        ))
+    } else {
+        setup(env, &mut nl, &host, mtu, &addrs)
+    };
+    match res {
+        Ok(r) => Ok(r.to_json(version)),
+        Err(e) => {
+            // Give back everything this ADD took before reporting.
+            debug!(error = %e, "ADD failed: cleaning up");
+            retire(&mut nl, &host, &conf.host_veth_prefix);
+            let _ = delegate(&kind, "DEL", raw, env);
+            Err(e)
+        }
+    }
+}
+
+/// Take the host veth `name` out of service now and delete it in the background.
+///
+/// Unregistering a network device makes the kernel wait for RCU grace periods (about 20 ms
+/// here, whoever asks), which would dominate DEL. So: down (the kernel flushes its routes:
+/// no packet reaches the pod any more), renamed (the name is free for a new ADD at once),
+/// and a detached `petrel-cni reap-link` deletes it; the pod end goes with it. GC removes
+/// any such link a crash left behind.
+pub fn retire(nl: &mut Nl, name: &str, prefix: &str) {
+    let Ok(Some(l)) = nl.link(name) else { return };
+    let _ = nl.set_down(l.index);
+    let dying = format!(
+        "{prefix}-{:x}",
+        fnv1a(
+            format!(
+                "{name}{}{:?}",
+                std::process::id(),
+                std::time::Instant::now()
+            )
+            .as_bytes()
+        )
+    );
+    let dying: String = dying.chars().take(15).collect();
+    let target = match nl.rename(l.index, &dying) {
+        Ok(()) => dying,
+        Err(_) => name.to_string(),
+    };
+    let spawned = std::env::current_exe().and_then(|exe| {
+        Proc::new(exe)
+            .args(["reap-link", &target])
+            .env_remove("CNI_COMMAND")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    });
+    if spawned.is_err() {
+        let _ = nl.delete_link(&target);
+    }
+}
+
+fn setup(
+    env: &Env,
+    nl: &mut Nl,
+    host: &str,
+    mtu: u32,
+    addrs: &[IpAddr],
+) -> Result<CniResult, CniError> {
+    let v6 = addrs.iter().any(|a| a.is_ipv6());
+    // Host side: answer ARP for the pod's gateway at once, forward.
+    let sysctl = |k: String, v: &str| sysctl_ensure(&k, v).map_err(|e| setup_err("sysctl", e));
+    sysctl(format!("ipv4/conf/{host}/proxy_arp"), "1")?;
+    sysctl(format!("ipv4/neigh/{host}/proxy_delay"), "0")?;
+    sysctl(format!("ipv4/conf/{host}/forwarding"), "1")?;
+    if v6 {
+        // The host end owns fe80::1 itself, so neighbour discovery for the pod's gateway
+        // needs no proxy; no router advertisements are ever wanted on it.
+        sysctl(format!("ipv6/conf/{host}/accept_ra"), "0")?;
+        sysctl(format!("ipv6/conf/{host}/accept_dad"), "0")?;
+        sysctl(format!("ipv6/conf/{host}/forwarding"), "1")?;
     }
     let hl = nl
         .link(host)
         .map_err(|e| setup_err("netlink", e))?
         .ok_or_else(|| setup_err("the host veth vanished", host))?;
-    nl.set_up(hl.index)
-        .map_err(|e| setup_err("host veth up", e))?;
     if v6 {
         nl.add_addr(
             hl.index,
@@ -324,7 +369,10 @@ fn setup(env: &Env, conf: &Conf, host: &str, addrs: &[IpAddr]) -> Result<CniResu
     let pod_addrs = addrs.to_vec();
     let (pod_mac, pod_index) = netns::run_in(&env.netns, move || {
         let mut p = Nl::open()?;
-        if let Some(lo) = p.link("lo")? {
+        // A runtime normally brings lo up (the loopback plugin); do it if nobody did.
+        if let Some(lo) = p.link("lo")?
+            && !lo.up
+        {
             p.set_up(lo.index)?;
         }
         let l = p
@@ -332,8 +380,8 @@ fn setup(env: &Env, conf: &Conf, host: &str, addrs: &[IpAddr]) -> Result<CniResu
             .ok_or_else(|| std::io::Error::other(format!("{ifname} is not in the pod")))?;
         if pod_addrs.iter().any(|a| a.is_ipv6()) {
             // No router advertisements, no duplicate address detection delay.
-            let _ = sysctl_set(&format!("ipv6/conf/{ifname}/accept_ra"), "0");
-            let _ = sysctl_set(&format!("ipv6/conf/{ifname}/accept_dad"), "0");
+            let _ = sysctl_ensure(&format!("ipv6/conf/{ifname}/accept_ra"), "0");
+            let _ = sysctl_ensure(&format!("ipv6/conf/{ifname}/accept_dad"), "0");
         }
         for a in &pod_addrs {
             p.add_addr(l.index, host_net(*a))?;
@@ -409,30 +457,15 @@ fn setup(env: &Env, conf: &Conf, host: &str, addrs: &[IpAddr]) -> Result<CniResu
 /// DEL: best effort and idempotent; the IP is always released.
 pub fn del(env: &Env, conf: &Conf, raw: &[u8]) -> Result<(), CniError> {
     let host = host_veth_name(&conf.host_veth_prefix, &env.container_id, &env.ifname);
-    let mut first_err = None;
-    match Nl::open().and_then(|mut n| n.delete_link(&host)) {
-        Ok(_) => {}
-        Err(e) => first_err = Some(setup_err(&format!("deleting {host}"), e)),
+    match Nl::open() {
+        // The veth (and with it the pod end and the node's routes to the pod) goes; if the
+        // netns is already gone the pod end went with it and so did the pair.
+        Ok(mut nl) => retire(&mut nl, &host, &conf.host_veth_prefix),
+        Err(e) => debug!(error = %e, "DEL: no netlink"),
     }
-    // If only the pod end were left (it cannot outlive its peer, but be thorough).
-    if !env.netns.is_empty() && std::path::Path::new(&env.netns).exists() {
-        let ifname = env.ifname.clone();
-        let _ = netns::run_in(&env.netns, move || {
-            let mut p = Nl::open()?;
-            if let Some(l) = p.link(&ifname)?
-                && l.kind.as_deref() == Some("veth")
-            {
-                p.delete_link(&ifname)?;
-            }
-            Ok(())
-        });
-    }
-    if let Ok(kind) = ipam_type(conf) {
-        delegate(&kind, "DEL", raw, env)?;
-    }
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(()),
+    match ipam_type(conf) {
+        Ok(kind) => delegate(&kind, "DEL", raw, env).map(|_| ()),
+        Err(_) => Ok(()),
     }
 }
 
@@ -572,12 +605,14 @@ pub fn gc(env: &Env, conf: &Conf, raw: &[u8], valid: &[cni::Attachment]) -> Resu
         .map(|a| host_veth_name(&conf.host_veth_prefix, &a.container_id, &a.ifname))
         .collect();
     let mut nl = Nl::open().map_err(|e| setup_err("netlink", e))?;
+    let dying = format!("{}-", conf.host_veth_prefix);
     for l in nl.links().map_err(|e| setup_err("netlink", e))? {
-        if l.name.starts_with(&conf.host_veth_prefix)
-            && l.name.len() == 15
+        let ours = l.name.starts_with(&conf.host_veth_prefix)
             && l.kind.as_deref() == Some("veth")
-            && l.mac == HOST_MAC
-            && !expected.contains(&l.name)
+            && l.mac == HOST_MAC;
+        // A live attachment's link, or one retired whose reaper did not get to it.
+        if ours
+            && (l.name.starts_with(&dying) || (l.name.len() == 15 && !expected.contains(&l.name)))
         {
             debug!(link = %l.name, "GC: removing a stale host veth");
             let _ = nl.delete_link(&l.name);
@@ -592,10 +627,18 @@ pub fn gc(env: &Env, conf: &Conf, raw: &[u8], valid: &[cni::Attachment]) -> Resu
 /// Entry point of the `petrel-cni` binary.
 pub fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if std::env::var_os("CNI_COMMAND").is_none()
-        && args.get(1).map(String::as_str) == Some("install")
-    {
-        std::process::exit(crate::install::cli(&args));
+    if std::env::var_os("CNI_COMMAND").is_none() {
+        match args.get(1).map(String::as_str) {
+            Some("install") => std::process::exit(crate::install::cli(&args)),
+            // The background half of DEL (see `retire`).
+            Some("reap-link") => {
+                if let (Some(name), Ok(mut nl)) = (args.get(2), Nl::open()) {
+                    let _ = nl.delete_link(name);
+                }
+                return;
+            }
+            _ => {}
+        }
     }
     let (cmd, env) = match cni::env(|k| std::env::var(k).ok()) {
         Ok(x) => x,

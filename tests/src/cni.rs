@@ -71,6 +71,70 @@ pub fn call(node: &Netns, plugin: &str, env: &[(&str, &str)], stdin: &str) -> Ca
     }
 }
 
+/// Like [`call`], but the plugin is started from a thread that joined `node` (setns), the
+/// way a runtime living in the node's namespace starts it: no `ip netns exec` in between.
+pub fn call_direct(node: &Netns, plugin: &str, env: &[(&str, &str)], stdin: &str) -> Call {
+    let plugin = plugin.to_string();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let stdin = stdin.to_string();
+    in_ns(node, move || {
+        let mut c = Command::new(&plugin);
+        c.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {plugin}: {e}"));
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out: Output = child.wait_with_output().unwrap();
+        Call {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+}
+
+/// [`run`] through [`call_direct`].
+pub fn run_direct(
+    node: &Netns,
+    plugin: &str,
+    cmd: &str,
+    container: &str,
+    netns: &str,
+    ifname: &str,
+    conf: &str,
+) -> Call {
+    let path = cni_path();
+    call_direct(
+        node,
+        plugin,
+        &[
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", container),
+            ("CNI_NETNS", netns),
+            ("CNI_IFNAME", ifname),
+            ("CNI_PATH", &path),
+            (
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=test",
+            ),
+        ],
+        conf,
+    )
+}
+
 /// A CNI command for one attachment.
 pub fn run(
     node: &Netns,

@@ -119,6 +119,17 @@ fn allocations(n: &Node) -> Vec<Value> {
         .unwrap()
 }
 
+/// Wait (DEL deletes the veth in the background: ~20 ms of kernel work) until `n` has
+/// exactly `count` veths of ours, retired ones included.
+fn wait_veths(n: &Node, count: usize) {
+    petrel_tests::wait_until_or(
+        &format!("{count} veth(s) of ours on the node"),
+        Duration::from_secs(10),
+        || (our_veths(n).len() == count).then_some(()),
+        || format!("{:?}", our_veths(n)),
+    );
+}
+
 fn our_veths(n: &Node) -> Vec<String> {
     n.node
         .ip("-o link show type veth")
@@ -260,6 +271,9 @@ fn dual_stack_pods_ping6() {
     del(&n, "a", &netns_path(&a));
     del(&n, "b", &netns_path(&b));
     assert!(allocations(&n).is_empty());
+    // Traffic to a deleted pod stops at once (routes gone), before the veth itself is.
+    assert!(!n.node.routes6("").contains(&a6.to_string()));
+    wait_veths(&n, 0);
 }
 
 #[test]
@@ -288,7 +302,7 @@ fn two_hundred_pods_in_parallel() {
         }
     });
     assert!(allocations(&n).is_empty(), "store empty");
-    assert!(our_veths(&n).is_empty());
+    wait_veths(&n, 0);
 }
 
 #[test]
@@ -467,7 +481,7 @@ fn bad_input_gets_the_right_error_and_changes_nothing() {
             .contains("no free address in 10.244.11.0/30")
     );
     assert_eq!(allocations(&n).len(), 1);
-    assert_eq!(our_veths(&n).len(), 1, "only the first pod's veth");
+    wait_veths(&n, 1);
     assert!(
         p3.ip("-o link show").lines().count() == 1,
         "nothing in the failed pod but lo"
@@ -500,7 +514,7 @@ fn a_failed_add_releases_its_address_and_veth() {
     assert!(!c.ok);
     assert_eq!(c.code(), Some(100), "{}", c.stdout);
     assert!(allocations(&n).is_empty(), "the IP was released");
-    assert!(our_veths(&n).is_empty(), "the veth was removed");
+    wait_veths(&n, 0);
 }
 
 #[test]
@@ -549,7 +563,7 @@ fn version_status_and_gc_by_direct_exec() {
         .map(|a| a["container_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(left, vec!["g1"]);
-    assert_eq!(our_veths(&n).len(), 1);
+    wait_veths(&n, 1);
     // STATUS says when the pool is full.
     let full = n.conf.replace("10.244.13.0/24", "10.244.13.0/30");
     let c = cni::call(
@@ -620,7 +634,7 @@ fn chained_with_portmap_bandwidth_and_tuning() {
     .unwrap();
     cni::chain(&n.node, &conflist, "DEL", "chained", "", "eth0", None).unwrap();
     assert!(allocations(&n).is_empty());
-    assert!(our_veths(&n).is_empty());
+    wait_veths(&n, 0);
 }
 
 #[test]

@@ -174,8 +174,12 @@ async fn pods_through_containerd_cri() {
         );
     }
     // Nothing left: no veth of ours on the node, no route to the pods, no allocation.
-    let veths = node.ip("-o link show type veth");
-    assert!(!veths.contains(": pet"), "{veths}");
+    petrel_tests::wait_until_or(
+        "no veth of ours left on the node",
+        Duration::from_secs(10),
+        || (!node.ip("-o link show type veth").contains(": pet")).then_some(()),
+        || node.ip("-o link show type veth"),
+    );
     assert!(
         !node.routes4("").contains("10.244.20."),
         "{}",
