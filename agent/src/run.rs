@@ -22,8 +22,22 @@ pub struct RunOpts {
     pub socket: Option<PathBuf>,
 }
 
+/// Load the config; `PETREL_ROUTER_ID` (set by the DaemonSet from the node's address, so
+/// that one ConfigMap serves every node) overrides `node.router_id`.
 fn load(path: &Path) -> anyhow::Result<Config> {
-    petrel_config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+    let mut cfg = petrel_config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Ok(v) = std::env::var("PETREL_ROUTER_ID")
+        && !v.is_empty()
+    {
+        cfg.node.router_id = v
+            .parse::<std::net::Ipv4Addr>()
+            .ok()
+            .filter(|a| !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast())
+            .ok_or_else(|| {
+                anyhow::anyhow!("PETREL_ROUTER_ID={v:?} is not a usable IPv4 router id")
+            })?;
+    }
+    Ok(cfg)
 }
 
 fn tag(cfg: &Config) -> RouteTag {

@@ -7,12 +7,18 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The conflist `install` writes when none is given: petrel-cni with petrel-ipam reading the
-/// agent's config, then portmap for hostPort.
+/// The conflist `install` writes when none is given: petrel-cni with petrel-ipam finding the
+/// pod CIDRs in the agent's config file or, given a socket path (`--agent-socket`), from
+/// the running agent; then portmap for hostPort.
 pub fn default_conflist(agent_config: &str, mtu: Option<u32>) -> String {
+    let ipam = if agent_config.ends_with(".sock") {
+        serde_json::json!({ "type": "petrel-ipam", "agent_socket": agent_config })
+    } else {
+        serde_json::json!({ "type": "petrel-ipam", "config": agent_config })
+    };
     let mut plugin = serde_json::json!({
         "type": "petrel-cni",
-        "ipam": { "type": "petrel-ipam", "config": agent_config },
+        "ipam": ipam,
     });
     if let Some(m) = mtu {
         plugin["mtu"] = m.into();
@@ -107,7 +113,7 @@ pub fn cli(args: &[String]) -> i32 {
             "--bin-dir" => o.bin_dir = val().into(),
             "--conf-dir" => o.conf_dir = val().into(),
             "--conflist" => o.conflist = Some(val().into()),
-            "--config" => o.agent_config = val(),
+            "--config" | "--agent-socket" => o.agent_config = val(),
             "--mtu" => o.mtu = val().parse().ok(),
             "--name" => o.name = val(),
             "-h" | "--help" => {

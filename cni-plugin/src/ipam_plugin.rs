@@ -7,7 +7,8 @@
 //!           "data_dir": "/var/lib/petrel/ipam" }
 //! ```
 //! or `"config": "/etc/petrel/petrel.yaml"` instead of `pod_cidrs`: the node's pod CIDRs
-//! from the agent's file (or, in Kubernetes mode, from the running agent's status).
+//! from the agent's file (or, in Kubernetes mode, from the running agent's status); or
+//! `"agent_socket": "/run/petrel/petrel.sock"`: from the running agent directly.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -37,6 +38,9 @@ pub struct IpamConf {
     pub data_dir: Option<PathBuf>,
     #[serde(default)]
     pub config: Option<PathBuf>,
+    /// Ask the running agent (Kubernetes mode, where the CIDRs are the Node's).
+    #[serde(default)]
+    pub agent_socket: Option<PathBuf>,
     #[serde(default)]
     pub routes: Option<Vec<Route>>,
 }
@@ -92,6 +96,20 @@ fn agent_pod_cidrs(socket: &Path) -> Result<Vec<IpNet>, CniError> {
 
 /// The pools to allocate from.
 pub fn pools(c: &IpamConf) -> Result<Vec<IpNet>, CniError> {
+    let given = [
+        c.pod_cidrs.is_some(),
+        c.config.is_some(),
+        c.agent_socket.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(invalid(
+            "ambiguous IPAM pools",
+            "give one of ipam.pod_cidrs, ipam.config or ipam.agent_socket",
+        ));
+    }
+    if let Some(sock) = &c.agent_socket {
+        return agent_pod_cidrs(sock);
+    }
     match (&c.pod_cidrs, &c.config) {
         (Some(list), None) => {
             let mut out = Vec::new();
