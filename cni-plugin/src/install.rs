@@ -18,6 +18,7 @@ pub fn default_conflist(agent_config: &str, mtu: Option<u32>) -> String {
     };
     let mut plugin = serde_json::json!({
         "type": "petrel-cni",
+        "capabilities": { "ips": true },
         "ipam": ipam,
     });
     if let Some(m) = mtu {

@@ -11,6 +11,7 @@
 //! `"agent_socket": "/run/petrel/petrel.sock"`: from the running agent directly.
 
 use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -25,6 +26,50 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/petrel/ipam";
 #[derive(Debug, Deserialize)]
 struct Outer {
     ipam: Option<IpamConf>,
+    #[serde(rename = "runtimeConfig", default)]
+    runtime_config: Option<RuntimeConfig>,
+}
+
+/// The `ips` capability: addresses the runtime asks for.
+#[derive(Debug, Default, Deserialize)]
+struct RuntimeConfig {
+    #[serde(default)]
+    ips: Vec<String>,
+}
+
+/// Addresses asked for, from `runtimeConfig.ips` (the `ips` capability) or `CNI_ARGS`
+/// `IP=a[,b]` (what host-local and Calico read). Each may carry a prefix length, which is
+/// ignored: the pod gets a host address. At most one per family.
+pub fn wanted(raw: &[u8], env: &Env) -> Result<Vec<IpAddr>, CniError> {
+    let o: Outer = serde_json::from_slice(raw).map_err(|e| {
+        CniError::new(
+            code::DECODE_FAILURE,
+            "cannot decode the IPAM configuration",
+            e.to_string(),
+        )
+    })?;
+    let mut list: Vec<String> = o.runtime_config.unwrap_or_default().ips;
+    if let Some(v) = env.args.get("IP") {
+        list.extend(v.split(',').map(|s| s.trim().to_string()));
+    }
+    let mut out: Vec<IpAddr> = Vec::new();
+    for s in list.iter().filter(|s| !s.is_empty()) {
+        let a = s
+            .parse::<IpAddr>()
+            .or_else(|_| s.parse::<IpNet>().map(|n| n.addr()))
+            .map_err(|_| invalid("invalid requested address", format!("{s:?}")))?;
+        if let Some(other) = out.iter().find(|o| o.is_ipv4() == a.is_ipv4()) {
+            if *other != a {
+                return Err(invalid(
+                    "more than one requested address per family",
+                    format!("{other} and {a}"),
+                ));
+            }
+            continue;
+        }
+        out.push(a);
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +200,17 @@ fn store_err(e: StoreError) -> CniError {
         StoreError::Exhausted { .. } => {
             CniError::new(code::TRY_AGAIN_LATER, "no free address", e.to_string())
         }
+        // The holder may be on its way out (a pod recreated under the same address).
+        StoreError::InUse { .. } => CniError::new(
+            code::TRY_AGAIN_LATER,
+            "requested address in use",
+            e.to_string(),
+        ),
+        StoreError::NotInPool { .. } => CniError::new(
+            code::INVALID_CONFIG,
+            "requested address not in the pod CIDRs",
+            e.to_string(),
+        ),
         StoreError::NoPool => CniError::new(code::INVALID_CONFIG, "no pod CIDR", e.to_string()),
         StoreError::BadName(_) => {
             CniError::new(code::INVALID_CONFIG, "invalid network name", e.to_string())
@@ -180,8 +236,9 @@ pub fn run(cmd: Command, env: &Env, raw: &[u8]) -> Result<Option<Value>, CniErro
     match cmd {
         Command::Add => {
             let pools = pools(&c)?;
+            let want = wanted(raw, env)?;
             let got = store
-                .allocate(&pools, &env.container_id, &env.ifname)
+                .allocate_with(&pools, &env.container_id, &env.ifname, &want)
                 .map_err(store_err)?;
             let r = CniResult {
                 interfaces: Vec::new(),
@@ -395,5 +452,40 @@ pub fn main() {
         Ok(Some(v)) => println!("{v}"),
         Ok(None) => {}
         Err(e) => cni::fail(&e, &version),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_with(args: &[(&str, &str)]) -> Env {
+        Env {
+            args: args
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn wanted_addresses_from_capability_and_args() {
+        let conf = br#"{"cniVersion":"1.0.0","name":"n","type":"petrel-ipam",
+            "runtimeConfig":{"ips":["10.244.7.9/24"]},"ipam":{"type":"petrel-ipam"}}"#;
+        let w = wanted(conf, &env_with(&[("IP", "fd00::9")])).unwrap();
+        assert_eq!(
+            w,
+            vec![
+                "10.244.7.9".parse::<IpAddr>().unwrap(),
+                "fd00::9".parse().unwrap()
+            ]
+        );
+        let plain = br#"{"ipam":{"type":"petrel-ipam"}}"#;
+        assert!(wanted(plain, &Env::default()).unwrap().is_empty());
+        let e = wanted(plain, &env_with(&[("IP", "10.0.0.1,10.0.0.2")])).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        let e = wanted(plain, &env_with(&[("IP", "nonsense")])).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
     }
 }

@@ -139,6 +139,9 @@ pub struct PeerConfig {
     pub next_hop_ipv6: Option<std::net::Ipv6Addr>,
     /// Graceful restart (RFC 4724) for this session; defaults to `bgp.graceful_restart.enabled`.
     pub graceful_restart: bool,
+    /// Require an eBGP peer's routes to start with its own AS (RFC 4271 6.3; default on).
+    /// Off for a route server, which passes routes on without prepending its AS.
+    pub enforce_first_as: bool,
 }
 
 impl PeerConfig {

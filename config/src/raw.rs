@@ -51,6 +51,7 @@ pub(crate) struct RawPeer {
     pub next_hop_ipv4: Option<S<String>>,
     pub next_hop_ipv6: Option<S<String>>,
     pub graceful_restart: Option<bool>,
+    pub enforce_first_as: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

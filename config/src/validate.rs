@@ -529,6 +529,7 @@ fn peer(
         next_hop_ipv4,
         next_hop_ipv6,
         graceful_restart: p.graceful_restart.unwrap_or(bgp.graceful_restart.enabled),
+        enforce_first_as: p.enforce_first_as.unwrap_or(true),
     })
 }
 

@@ -49,6 +49,10 @@ pub enum Error {
     Corrupt { path: PathBuf, detail: String },
     #[error("no free address in {pool} ({used} in use)")]
     Exhausted { pool: IpNet, used: usize },
+    #[error("{address} is not an assignable address of the pod CIDRs")]
+    NotInPool { address: IpAddr },
+    #[error("{address} is in use ({holder})")]
+    InUse { address: IpAddr, holder: String },
     #[error("no pod CIDR to allocate from")]
     NoPool,
     #[error("network name {0:?} cannot name a store file (letters, digits, '.', '_', '-')")]
@@ -182,6 +186,20 @@ impl Store {
         container_id: &str,
         ifname: &str,
     ) -> Result<Vec<Allocation>, Error> {
+        self.allocate_with(pools, container_id, ifname, &[])
+    }
+
+    /// Like [`Store::allocate`], with particular addresses asked for (the CNI `ips`
+    /// capability): a family with a wanted address gets exactly that one, or nothing is
+    /// taken at all. The address must be assignable in one of `pools` and free, or already
+    /// held by this attachment.
+    pub fn allocate_with(
+        &self,
+        pools: &[IpNet],
+        container_id: &str,
+        ifname: &str,
+        wanted: &[IpAddr],
+    ) -> Result<Vec<Allocation>, Error> {
         if pools.is_empty() {
             return Err(Error::NoPool);
         }
@@ -200,7 +218,42 @@ impl Store {
                     .iter()
                     .filter(|p| matches!(p, IpNet::V4(_)) == fam_v4)
                     .collect();
-                if fam_pools.is_empty() || mine.iter().any(|a| a.address.is_ipv4() == fam_v4) {
+                let want = wanted.iter().find(|a| a.is_ipv4() == fam_v4);
+                if let Some(held) = mine.iter().find(|a| a.address.is_ipv4() == fam_v4) {
+                    match want {
+                        Some(w) if *w != held.address => {
+                            return Err(Error::InUse {
+                                address: *w,
+                                holder: format!(
+                                    "{container_id}/{ifname} already holds {}",
+                                    held.address
+                                ),
+                            });
+                        }
+                        _ => continue,
+                    }
+                }
+                if let Some(w) = want {
+                    let Some(p) = fam_pools.iter().find(|p| pool::assignable(p, w)) else {
+                        return Err(Error::NotInPool { address: *w });
+                    };
+                    if let Some(h) = st.allocations.iter().find(|a| a.address == *w) {
+                        return Err(Error::InUse {
+                            address: *w,
+                            holder: format!("held by {}/{}", h.container_id, h.ifname),
+                        });
+                    }
+                    used.insert(*w);
+                    new.push(Allocation {
+                        container_id: container_id.to_string(),
+                        ifname: ifname.to_string(),
+                        address: *w,
+                        pool: **p,
+                        allocated_at: now(),
+                    });
+                    continue;
+                }
+                if fam_pools.is_empty() {
                     continue;
                 }
                 let mut got = None;
@@ -356,6 +409,49 @@ mod tests {
             2,
             "no IPv6 address was taken for b"
         );
+    }
+
+    #[test]
+    fn wanted_addresses() {
+        let s = Store::open(tmp("want"), "n").unwrap();
+        let ip = |x: &str| -> IpAddr { x.parse().unwrap() };
+        let a = s
+            .allocate_with(&pools(), "a", "eth0", &[ip("10.244.7.9")])
+            .unwrap();
+        assert_eq!(a[0].address, ip("10.244.7.9"));
+        assert_eq!(
+            a[1].address,
+            ip("fd00:10:244:7::2"),
+            "the other family as usual"
+        );
+        // Asking again for the same is idempotent; asking for another is refused.
+        assert_eq!(
+            s.allocate_with(&pools(), "a", "eth0", &[ip("10.244.7.9")])
+                .unwrap(),
+            a
+        );
+        assert!(matches!(
+            s.allocate_with(&pools(), "a", "eth0", &[ip("10.244.7.10")]),
+            Err(Error::InUse { .. })
+        ));
+        // Held by another: refused, and nothing is taken for b.
+        assert!(matches!(
+            s.allocate_with(&pools(), "b", "eth0", &[ip("10.244.7.9")]),
+            Err(Error::InUse { .. })
+        ));
+        for bad in ["10.244.8.3", "10.244.7.1", "10.244.7.255"] {
+            assert!(matches!(
+                s.allocate_with(&pools(), "b", "eth0", &[ip(bad)]),
+                Err(Error::NotInPool { .. })
+            ));
+        }
+        assert_eq!(s.list().unwrap().len(), 2);
+        // Once released, the address can be taken by someone else.
+        s.release("a", "eth0").unwrap();
+        let b = s
+            .allocate_with(&pools(), "b", "eth0", &[ip("10.244.7.9")])
+            .unwrap();
+        assert_eq!(b[0].address, ip("10.244.7.9"));
     }
 
     #[test]

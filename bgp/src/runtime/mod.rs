@@ -85,6 +85,9 @@ pub struct PeerConfig {
     pub next_hop_v4: Option<Ipv4Addr>,
     pub next_hop_v6: Option<Ipv6Addr>,
     pub graceful_restart: bool,
+    /// Withdraw an eBGP peer's routes whose AS path does not start with its AS (RFC 4271
+    /// 6.3); off for route servers.
+    pub enforce_first_as: bool,
 }
 
 impl std::fmt::Debug for PeerConfig {
@@ -125,6 +128,7 @@ impl PeerConfig {
             next_hop_v4: None,
             next_hop_v6: None,
             graceful_restart: true,
+            enforce_first_as: true,
         }
     }
 

@@ -622,7 +622,10 @@ impl PeerTask {
             });
             // RFC 4271 6.3: an eBGP peer's path must start with its own AS; RFC 7606 7.2
             // makes the route withdrawn rather than the session reset.
-            if ebgp && attrs.attrs.as_path.first_as() != Some(self.cfg.remote_asn) {
+            if ebgp
+                && self.cfg.enforce_first_as
+                && attrs.attrs.as_path.first_as() != Some(self.cfg.remote_asn)
+            {
                 warn!(as_path = %attrs.attrs.as_path, "first AS is not the peer's: routes withdrawn");
                 withdrawn.extend(r.prefixes);
                 continue;
