@@ -14,6 +14,7 @@ pub mod containerd;
 pub mod frr;
 pub mod gobgp;
 pub mod kube_fake;
+pub mod lab;
 pub mod petrel;
 
 use std::io::Write;

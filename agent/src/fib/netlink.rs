@@ -235,17 +235,17 @@ impl Netlink {
                             .get(pos)
                             .filter(|(s, _)| *s == seq)
                             .or_else(|| seqs.iter().find(|(s, _)| *s == seq));
-                        if let Some(&(_, idx)) = hit {
-                            if code != 0 {
-                                let errno = -code;
-                                let benign = match ops[idx] {
-                                    RouteOp::Delete { .. } => errno == libc::ESRCH,
-                                    RouteOp::AddIfMissing { .. } => errno == libc::EEXIST,
-                                    RouteOp::Replace { .. } => false,
-                                };
-                                if !benign {
-                                    failed.push((idx, io::Error::from_raw_os_error(errno)));
-                                }
+                        if let Some(&(_, idx)) = hit
+                            && code != 0
+                        {
+                            let errno = -code;
+                            let benign = match ops[idx] {
+                                RouteOp::Delete { .. } => errno == libc::ESRCH,
+                                RouteOp::AddIfMissing { .. } => errno == libc::EEXIST,
+                                RouteOp::Replace { .. } => false,
+                            };
+                            if !benign {
+                                failed.push((idx, io::Error::from_raw_os_error(errno)));
                             }
                         }
                     }
