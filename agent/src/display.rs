@@ -144,14 +144,7 @@ pub fn routes(v: &serde_json::Value) -> String {
             "no"
         };
         for (i, p) in r["paths"].as_array().unwrap_or(&empty).iter().enumerate() {
-            let nh = match &p["next_hop"] {
-                serde_json::Value::String(s) => s.clone(),
-                other => other
-                    .get("global")
-                    .and_then(|g| g.as_str())
-                    .unwrap_or("?")
-                    .to_string(),
-            };
+            let nh = p["next_hop"].as_str().unwrap_or("?").to_string();
             let mark = if p["best"].as_bool() == Some(true) {
                 "*>"
             } else if p["selected"].as_bool() == Some(true) {

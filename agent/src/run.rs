@@ -97,11 +97,16 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
     )
     .await
     .context("start FIB sync")?;
+    // In Kubernetes mode the node's name is known before anything answers on the socket.
+    let node_name = match cfg.node.pod_cidrs {
+        PodCidrs::Kubernetes => Some(crate::k8s::node_name(cfg.node.name.as_deref())?),
+        PodCidrs::Static(_) => cfg.node.name.clone(),
+    };
     let agent = Arc::new(Agent {
         speaker: speaker.clone(),
         fib: fib.clone(),
         node: RwLock::new(NodeView {
-            name: cfg.node.name.clone(),
+            name: node_name.clone(),
             asn: cfg.node.asn,
             router_id: cfg.node.router_id,
             pod_cidrs,
@@ -115,12 +120,10 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
         metrics,
     });
     let _guard = control::serve(&socket_path, agent.clone())?;
-    if cfg.node.pod_cidrs == PodCidrs::Kubernetes {
-        let name = crate::k8s::node_name(cfg.node.name.as_deref())?;
+    if let (PodCidrs::Kubernetes, Some(name)) = (&cfg.node.pod_cidrs, node_name) {
         let client = kube::Client::try_default()
             .await
             .context("Kubernetes client (in-cluster config or KUBECONFIG)")?;
-        agent.node.write().await.name = Some(name.clone());
         info!(node = %name, "pod CIDRs come from the Kubernetes Node object");
         let mut rx = crate::k8s::watch_pod_cidrs(client, name);
         let agent = agent.clone();

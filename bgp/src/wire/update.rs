@@ -184,9 +184,9 @@ pub struct PathAttrs {
     pub cluster_list: Vec<Ipv4Addr>,
 }
 
-/// Where a route points.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(untagged)]
+/// Where a route points. Serialized as the address routed through (for IPv6 the global
+/// one), so IPv4 and IPv6 next hops read alike in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum NextHop {
     V4(Ipv4Addr),
     /// A global address and, from a directly connected peer, its link-local one (RFC 2545 3).
@@ -203,6 +203,12 @@ impl NextHop {
             NextHop::V4(a) => IpAddr::V4(*a),
             NextHop::V6 { global, .. } => IpAddr::V6(*global),
         }
+    }
+}
+
+impl serde::Serialize for NextHop {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.addr())
     }
 }
 
