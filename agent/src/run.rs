@@ -130,11 +130,9 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
         tokio::spawn(async move {
             while rx.changed().await.is_ok() {
                 let cidrs = rx.borrow_and_update().clone();
-                if agent.speaker.set_originated(cidrs.clone()).await.is_err() {
+                if change_pod_cidrs(&agent, cidrs).await.is_err() {
                     return;
                 }
-                agent.fib.set_own(cidrs.clone()).await;
-                agent.node.write().await.pod_cidrs = cidrs;
             }
         });
     }
@@ -181,6 +179,20 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Move to new pod CIDRs without a moment where traffic for them is attracted but not
+/// held: the blackholes of old and new are in the kernel before the new CIDRs are
+/// announced, and the old ones are withdrawn before their blackholes go.
+async fn change_pod_cidrs(agent: &Agent, cidrs: Vec<IpNet>) -> anyhow::Result<()> {
+    let old = agent.node.read().await.pod_cidrs.clone();
+    let mut both = old.clone();
+    both.extend(cidrs.iter().filter(|c| !old.contains(c)));
+    agent.fib.set_own(both).await;
+    agent.node.write().await.pod_cidrs = cidrs.clone();
+    agent.speaker.set_originated(cidrs.clone()).await?;
+    agent.fib.set_own(cidrs).await;
+    Ok(())
+}
+
 async fn reload(path: &Path, old: &Config, agent: &Agent) -> anyhow::Result<Config> {
     let new = load(path)?;
     if new.node.asn != old.node.asn || new.node.router_id != old.node.router_id {
@@ -194,9 +206,7 @@ async fn reload(path: &Path, old: &Config, agent: &Agent) -> anyhow::Result<Conf
         && a != b
     {
         info!(pod_cidrs = ?b, "pod CIDRs changed");
-        agent.speaker.set_originated(b.clone()).await?;
-        agent.fib.set_own(b.clone()).await;
-        agent.node.write().await.pod_cidrs = b.clone();
+        change_pod_cidrs(agent, b.clone()).await?;
     }
     info!(peers = new.peers.len(), "config reloaded");
     let mut kept = new.clone();

@@ -92,6 +92,15 @@ protocol bgp petrel {{
         },
         || b.birdc("show route all"),
     );
-    assert!(!n.routes4("proto 200").contains("10.244.7.0/24"));
+    // The old blackhole goes once the old CIDR is withdrawn (not before: traffic for it
+    // may still arrive until the peers have heard).
+    wait_until_or(
+        "the old blackhole removed",
+        T,
+        || (!n.routes4("proto 200").contains("10.244.7.0/24")).then_some(()),
+        || n.routes4("proto 200"),
+    );
+    assert!(n.routes4("proto 200").contains("blackhole 10.244.9.0/24"));
+    assert_eq!(p.status()["node"]["pod_cidrs"][0], "10.244.9.0/24");
     drop((p, b));
 }

@@ -57,7 +57,7 @@ pub struct FibSummary {
 enum FibCmd {
     Summary(oneshot::Sender<FibSummary>),
     Failed(oneshot::Sender<HashSet<IpNet>>),
-    SetOwn(Vec<IpNet>),
+    SetOwn(Vec<IpNet>, oneshot::Sender<()>),
     /// Remove every route of ours (clean stop without graceful restart).
     Flush(oneshot::Sender<()>),
     /// Stop applying changes: the routes stay as they are while the speaker shuts down
@@ -85,8 +85,12 @@ impl Fib {
         rx.await.unwrap_or_default()
     }
 
+    /// Make `own` the node's own pod CIDRs; returns once their routes are in the kernel.
     pub async fn set_own(&self, own: Vec<IpNet>) {
-        let _ = self.tx.send(FibCmd::SetOwn(own)).await;
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(FibCmd::SetOwn(own, tx)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     pub async fn flush(&self) {
@@ -561,7 +565,10 @@ impl FibTask {
                         let _ = tx.send(s);
                     }
                     Some(FibCmd::Failed(tx)) => { let _ = tx.send(self.failed.clone()); }
-                    Some(FibCmd::SetOwn(own)) => self.set_own(own).await,
+                    Some(FibCmd::SetOwn(own, tx)) => {
+                        self.set_own(own).await;
+                        let _ = tx.send(());
+                    }
                     Some(FibCmd::Flush(tx)) => {
                         self.flush().await;
                         let _ = tx.send(());
