@@ -41,7 +41,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Package scripts may start the daemons in the root namespace; the lab runs its own.
-  for s in bird frr; do
+  for s in bird frr gobgpd; do
     (command -v systemctl >/dev/null && systemctl stop "$s") >/dev/null 2>&1 || true
     (command -v service >/dev/null && service "$s" stop) >/dev/null 2>&1 || true
   done
