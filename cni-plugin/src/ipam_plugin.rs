@@ -41,13 +41,7 @@ struct RuntimeConfig {
 /// `IP=a[,b]` (what host-local and Calico read). Each may carry a prefix length, which is
 /// ignored: the pod gets a host address. At most one per family.
 pub fn wanted(raw: &[u8], env: &Env) -> Result<Vec<IpAddr>, CniError> {
-    let o: Outer = serde_json::from_slice(raw).map_err(|e| {
-        CniError::new(
-            code::DECODE_FAILURE,
-            "cannot decode the IPAM configuration",
-            e.to_string(),
-        )
-    })?;
+    let o = outer(raw)?;
     let mut list: Vec<String> = o.runtime_config.unwrap_or_default().ips;
     if let Some(v) = env.args.get("IP") {
         list.extend(v.split(',').map(|s| s.trim().to_string()));
@@ -94,14 +88,18 @@ fn invalid(msg: &str, details: impl Into<String>) -> CniError {
     CniError::new(code::INVALID_CONFIG, msg, details)
 }
 
-pub fn parse(raw: &[u8]) -> Result<IpamConf, CniError> {
-    let o: Outer = serde_json::from_slice(raw).map_err(|e| {
+fn outer(raw: &[u8]) -> Result<Outer, CniError> {
+    serde_json::from_slice(raw).map_err(|e| {
         CniError::new(
             code::DECODE_FAILURE,
             "cannot decode the IPAM configuration",
             e.to_string(),
         )
-    })?;
+    })
+}
+
+pub fn parse(raw: &[u8]) -> Result<IpamConf, CniError> {
+    let o = outer(raw)?;
     o.ipam.ok_or_else(|| {
         invalid(
             "no \"ipam\" section",

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::{Daemon, Netns, TestDir, require_tool, run, wait_until_or};
+use crate::{Daemon, Netns, TestDir, netns_names, require_tool, run, wait_until_or};
 
 pub const SANDBOX_IMAGE: &str = "localhost/pause:1";
 
@@ -101,16 +101,6 @@ pub struct Containerd {
     pub daemon: Daemon,
     /// Network namespaces that existed before containerd started.
     netns_before: Vec<String>,
-}
-
-fn netns_names() -> Vec<String> {
-    std::fs::read_dir("/var/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 impl Drop for Containerd {

@@ -155,6 +155,17 @@ impl Drop for TestDir {
     }
 }
 
+/// The names of the namespaces made with `ip netns add` (all of them, not only ours).
+pub fn netns_names() -> Vec<String> {
+    std::fs::read_dir("/var/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A network namespace: a host of the test topology.
 pub struct Netns {
     pub name: String,

@@ -77,14 +77,10 @@ impl Lab {
     }
 
     fn namespaces(&self) -> Vec<String> {
-        std::fs::read_dir("/var/run/netns")
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(&format!("{}-", self.prefix)))
-                    .collect()
-            })
-            .unwrap_or_default()
+        petrel_tests::netns_names()
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("{}-", self.prefix)))
+            .collect()
     }
 }
 

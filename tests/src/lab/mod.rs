@@ -197,7 +197,7 @@ impl Lab {
 
     /// The pods that exist (their namespaces), in node order.
     pub fn pods(&self) -> Vec<Pod> {
-        let have = list_netns();
+        let have = crate::netns_names();
         let mut out = Vec::new();
         for n in 1..=self.s.nodes {
             let mut js: Vec<usize> = have
@@ -640,7 +640,10 @@ impl Lab {
         router::stop_router(self);
         // Whatever is left in the lab's namespaces (a daemon whose pid file was lost), then
         // the namespaces themselves.
-        for ns in list_netns().into_iter().filter(|ns| self.owns_ns(ns)) {
+        for ns in crate::netns_names()
+            .into_iter()
+            .filter(|ns| self.owns_ns(ns))
+        {
             for pid in netns_pids(&ns) {
                 // SAFETY: kill(2) of a process inside a namespace the lab made.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -727,16 +730,6 @@ fn netns_del(ns: &str) -> Result<()> {
         return Ok(());
     }
     run_ok(Command::new("ip").args(["netns", "del", ns])).map(|_| ())
-}
-
-fn list_netns() -> Vec<String> {
-    std::fs::read_dir("/var/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn netns_pids(ns: &str) -> Vec<i32> {
