@@ -186,10 +186,13 @@ async fn change_pod_cidrs(agent: &Agent, cidrs: Vec<IpNet>) -> anyhow::Result<()
     let old = agent.node.read().await.pod_cidrs.clone();
     let mut both = old.clone();
     both.extend(cidrs.iter().filter(|c| !old.contains(c)));
+    let shrinks = both.len() > cidrs.len();
     agent.fib.set_own(both).await;
     agent.node.write().await.pod_cidrs = cidrs.clone();
     agent.speaker.set_originated(cidrs.clone()).await?;
-    agent.fib.set_own(cidrs).await;
+    if shrinks {
+        agent.fib.set_own(cidrs).await;
+    }
     Ok(())
 }
 

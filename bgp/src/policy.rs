@@ -109,6 +109,18 @@ mod tests {
         }
     }
 
+    /// A policy of one prefix-list entry.
+    fn list(prefix: &str, ge: u8, le: u8) -> ImportPolicy {
+        ImportPolicy {
+            rules: Some(vec![PrefixRule {
+                prefix: prefix.parse().unwrap(),
+                ge,
+                le,
+            }]),
+            max_prefixes: None,
+        }
+    }
+
     fn ctx<'a>(policy: &'a ImportPolicy, own: &'a [IpNet], ebgp: bool) -> ImportContext<'a> {
         ImportContext {
             local_asn: 65002,
@@ -130,14 +142,7 @@ mod tests {
 
     #[test]
     fn prefix_list_with_ge_le() {
-        let p = ImportPolicy {
-            rules: Some(vec![PrefixRule {
-                prefix: "10.0.0.0/8".parse().unwrap(),
-                ge: 16,
-                le: 24,
-            }]),
-            max_prefixes: None,
-        };
+        let p = list("10.0.0.0/8", 16, 24);
         let c = ctx(&p, &[], true);
         let a = attrs(&[65001]);
         assert!(c.accept(&"10.1.0.0/16".parse().unwrap(), &a));
@@ -149,14 +154,7 @@ mod tests {
 
     #[test]
     fn own_pod_cidr_never_accepted() {
-        let p = ImportPolicy {
-            rules: Some(vec![PrefixRule {
-                prefix: "0.0.0.0/0".parse().unwrap(),
-                ge: 0,
-                le: 32,
-            }]),
-            max_prefixes: None,
-        };
+        let p = list("0.0.0.0/0", 0, 32);
         let own: Vec<IpNet> = vec!["10.244.2.0/24".parse().unwrap()];
         let c = ctx(&p, &own, true);
         let a = attrs(&[65001]);
@@ -177,14 +175,7 @@ mod tests {
 
     #[test]
     fn loops_refused() {
-        let p = ImportPolicy {
-            rules: Some(vec![PrefixRule {
-                prefix: "0.0.0.0/0".parse().unwrap(),
-                ge: 0,
-                le: 32,
-            }]),
-            max_prefixes: None,
-        };
+        let p = list("0.0.0.0/0", 0, 32);
         let c = ctx(&p, &[], true);
         assert_eq!(
             c.check_attrs(&attrs(&[65001, 65002, 65003])),

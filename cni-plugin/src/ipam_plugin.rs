@@ -40,9 +40,8 @@ struct RuntimeConfig {
 /// Addresses asked for, from `runtimeConfig.ips` (the `ips` capability) or `CNI_ARGS`
 /// `IP=a[,b]` (what host-local and Calico read). Each may carry a prefix length, which is
 /// ignored: the pod gets a host address. At most one per family.
-pub fn wanted(raw: &[u8], env: &Env) -> Result<Vec<IpAddr>, CniError> {
-    let o = outer(raw)?;
-    let mut list: Vec<String> = o.runtime_config.unwrap_or_default().ips;
+pub fn wanted(c: &IpamConf, env: &Env) -> Result<Vec<IpAddr>, CniError> {
+    let mut list: Vec<String> = c.requested.clone();
     if let Some(v) = env.args.get("IP") {
         list.extend(v.split(',').map(|s| s.trim().to_string()));
     }
@@ -82,30 +81,31 @@ pub struct IpamConf {
     pub agent_socket: Option<PathBuf>,
     #[serde(default)]
     pub routes: Option<Vec<Route>>,
+    /// `runtimeConfig.ips` of the network configuration (filled by [`parse`]).
+    #[serde(skip)]
+    pub requested: Vec<String>,
 }
 
 fn invalid(msg: &str, details: impl Into<String>) -> CniError {
     CniError::new(code::INVALID_CONFIG, msg, details)
 }
 
-fn outer(raw: &[u8]) -> Result<Outer, CniError> {
-    serde_json::from_slice(raw).map_err(|e| {
+pub fn parse(raw: &[u8]) -> Result<IpamConf, CniError> {
+    let o: Outer = serde_json::from_slice(raw).map_err(|e| {
         CniError::new(
             code::DECODE_FAILURE,
             "cannot decode the IPAM configuration",
             e.to_string(),
         )
-    })
-}
-
-pub fn parse(raw: &[u8]) -> Result<IpamConf, CniError> {
-    let o = outer(raw)?;
-    o.ipam.ok_or_else(|| {
+    })?;
+    let mut c = o.ipam.ok_or_else(|| {
         invalid(
             "no \"ipam\" section",
             "petrel-ipam reads its settings from \"ipam\"",
         )
-    })
+    })?;
+    c.requested = o.runtime_config.unwrap_or_default().ips;
+    Ok(c)
 }
 
 /// The running agent's pod CIDRs, from its control socket (Kubernetes mode).
@@ -234,7 +234,7 @@ pub fn run(cmd: Command, env: &Env, raw: &[u8]) -> Result<Option<Value>, CniErro
     match cmd {
         Command::Add => {
             let pools = pools(&c)?;
-            let want = wanted(raw, env)?;
+            let want = wanted(&c, env)?;
             let got = store
                 .allocate_with(&pools, &env.container_id, &env.ifname, &want)
                 .map_err(store_err)?;
@@ -471,7 +471,7 @@ mod tests {
     fn wanted_addresses_from_capability_and_args() {
         let conf = br#"{"cniVersion":"1.0.0","name":"n","type":"petrel-ipam",
             "runtimeConfig":{"ips":["10.244.7.9/24"]},"ipam":{"type":"petrel-ipam"}}"#;
-        let w = wanted(conf, &env_with(&[("IP", "fd00::9")])).unwrap();
+        let w = wanted(&parse(conf).unwrap(), &env_with(&[("IP", "fd00::9")])).unwrap();
         assert_eq!(
             w,
             vec![
@@ -480,10 +480,18 @@ mod tests {
             ]
         );
         let plain = br#"{"ipam":{"type":"petrel-ipam"}}"#;
-        assert!(wanted(plain, &Env::default()).unwrap().is_empty());
-        let e = wanted(plain, &env_with(&[("IP", "10.0.0.1,10.0.0.2")])).unwrap_err();
+        assert!(
+            wanted(&parse(plain).unwrap(), &Env::default())
+                .unwrap()
+                .is_empty()
+        );
+        let e = wanted(
+            &parse(plain).unwrap(),
+            &env_with(&[("IP", "10.0.0.1,10.0.0.2")]),
+        )
+        .unwrap_err();
         assert_eq!(e.code, code::INVALID_CONFIG);
-        let e = wanted(plain, &env_with(&[("IP", "nonsense")])).unwrap_err();
+        let e = wanted(&parse(plain).unwrap(), &env_with(&[("IP", "nonsense")])).unwrap_err();
         assert_eq!(e.code, code::INVALID_CONFIG);
     }
 }

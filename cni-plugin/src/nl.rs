@@ -169,19 +169,17 @@ impl Nl {
     pub fn link(&mut self, name: &str) -> io::Result<Option<Link>> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self.request(RouteNetlinkMessage::GetLink(m), 0) {
-            Ok(r) => Ok(r.into_iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(Self::link_of(l)),
-                _ => None,
-            })),
-            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_link(m)
     }
 
     pub fn link_by_index(&mut self, index: u32) -> io::Result<Option<Link>> {
         let mut m = LinkMessage::default();
         m.header.index = index;
+        self.get_link(m)
+    }
+
+    /// One RTM_GETLINK; `None` when the kernel knows no such link.
+    fn get_link(&mut self, m: LinkMessage) -> io::Result<Option<Link>> {
         match self.request(RouteNetlinkMessage::GetLink(m), 0) {
             Ok(r) => Ok(r.into_iter().find_map(|m| match m {
                 RouteNetlinkMessage::NewLink(l) => Some(Self::link_of(l)),

@@ -502,31 +502,24 @@ pub fn check(env: &Env, conf: &Conf, raw: &[u8], prev: Option<&Value>) -> Result
                     diffs.push(format!("node has no route {dst} dev {host}"));
                 }
             }
-            for (k, want) in [
+            let mut want_sysctls = vec![
                 (format!("ipv4/conf/{host}/proxy_arp"), "1"),
                 (format!("ipv4/neigh/{host}/proxy_delay"), "0"),
                 (format!("ipv4/conf/{host}/forwarding"), "1"),
-            ] {
+            ];
+            if addrs.iter().any(|a| a.is_ipv6()) {
+                want_sysctls.extend([
+                    (format!("ipv6/conf/{host}/forwarding"), "1"),
+                    (format!("ipv6/conf/{host}/accept_ra"), "0"),
+                ]);
+            }
+            for (k, want) in want_sysctls {
                 let got = sysctl_get(&k).unwrap_or_default();
                 if got != want {
                     diffs.push(format!(
                         "sysctl net.{} is {got:?}, want {want}",
                         k.replace('/', ".")
                     ));
-                }
-            }
-            if addrs.iter().any(|a| a.is_ipv6()) {
-                for (k, want) in [
-                    (format!("ipv6/conf/{host}/forwarding"), "1"),
-                    (format!("ipv6/conf/{host}/accept_ra"), "0"),
-                ] {
-                    let got = sysctl_get(&k).unwrap_or_default();
-                    if got != want {
-                        diffs.push(format!(
-                            "sysctl net.{} is {got:?}, want {want}",
-                            k.replace('/', ".")
-                        ));
-                    }
                 }
             }
         }

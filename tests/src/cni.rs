@@ -44,11 +44,9 @@ impl Call {
     }
 }
 
-/// Run plugin `plugin` (a path) for `cmd` in `node`, with the given env and stdin.
-pub fn call(node: &Netns, plugin: &str, env: &[(&str, &str)], stdin: &str) -> Call {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &node.name, plugin])
-        .env_clear()
+/// Start `c` with only `env` (and a PATH), feed it `stdin`, collect what it says.
+fn exec(mut c: Command, env: &[(&str, &str)], stdin: &str) -> Call {
+    c.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
@@ -56,7 +54,7 @@ pub fn call(node: &Netns, plugin: &str, env: &[(&str, &str)], stdin: &str) -> Ca
         .stderr(Stdio::piped());
     let mut child = c
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {plugin}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
     child
         .stdin
         .take()
@@ -71,39 +69,17 @@ pub fn call(node: &Netns, plugin: &str, env: &[(&str, &str)], stdin: &str) -> Ca
     }
 }
 
+/// Run plugin `plugin` (a path) for `cmd` in `node`, with the given env and stdin.
+pub fn call(node: &Netns, plugin: &str, env: &[(&str, &str)], stdin: &str) -> Call {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &node.name, plugin]);
+    exec(c, env, stdin)
+}
+
 /// Like [`call`], but the plugin is started from a thread that joined `node` (setns), the
 /// way a runtime living in the node's namespace starts it: no `ip netns exec` in between.
 pub fn call_direct(node: &Netns, plugin: &str, env: &[(&str, &str)], stdin: &str) -> Call {
-    let plugin = plugin.to_string();
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let stdin = stdin.to_string();
-    in_ns(node, move || {
-        let mut c = Command::new(&plugin);
-        c.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {plugin}: {e}"));
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out: Output = child.wait_with_output().unwrap();
-        Call {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    })
+    in_ns(node, || exec(Command::new(plugin), env, stdin))
 }
 
 /// [`run`] through [`call_direct`].
@@ -171,17 +147,7 @@ pub fn netns_path(ns: &Netns) -> String {
 
 /// Run `f` on a thread inside `ns`.
 pub fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    let file = std::fs::File::open(netns_path(ns)).expect("netns file");
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            // SAFETY: setns on this thread only, with an fd open for the call.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("thread in netns")
-    })
+    crate::lab::in_netns(&ns.name, f).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// A TCP listener inside a namespace that records the peer address of each connection

@@ -270,6 +270,16 @@ impl Drop for Netns {
     }
 }
 
+/// The most common topology: a scratch directory, a router namespace `r` (198.51.100.1/24)
+/// and a node namespace `n` (198.51.100.2/24) joined by one link.
+pub fn router_and_node(label: &str) -> (TestDir, Netns, Netns) {
+    let dir = TestDir::new(label);
+    let r = Netns::new("r");
+    let n = Netns::new("n");
+    link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    (dir, r, n)
+}
+
 /// A veth pair between two namespaces with addresses on each end; returns the interface
 /// names (a's, b's). Addresses are CIDRs; IPv6 ones skip duplicate address detection.
 pub fn link(a: &Netns, a_addrs: &[&str], b: &Netns, b_addrs: &[&str]) -> (String, String) {

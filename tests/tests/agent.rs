@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use petrel_tests::bird::{self, Bird};
 use petrel_tests::frr::Frr;
 use petrel_tests::petrel::Petrel;
-use petrel_tests::{Netns, TestDir, link, wait_until_or};
+use petrel_tests::{Netns, TestDir, link, router_and_node, wait_until_or};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
@@ -140,10 +140,7 @@ peers:
 }
 
 fn one_router(label: &str, gr: &str, petrel_gr: bool) -> (TestDir, Netns, Netns, Bird, Petrel) {
-    let dir = TestDir::new(label);
-    let r = Netns::new("r");
-    let n = Netns::new("n");
-    link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    let (dir, r, n) = router_and_node(label);
     let b = Bird::start(
         &r,
         &dir,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use petrel_tests::bird::{self, Bird};
 use petrel_tests::petrel::Petrel;
-use petrel_tests::{Netns, TestDir, link, wait_until_or};
+use petrel_tests::{router_and_node, wait_until_or};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -103,10 +103,7 @@ fn fib_has(ns: &str, prefix: &str) -> bool {
 
 #[test]
 fn petrel_restart_keeps_routes_at_bird_until_end_of_rib() {
-    let dir = TestDir::new("gr-petrel");
-    let r = Netns::new("r");
-    let n = Netns::new("n");
-    link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    let (dir, r, n) = router_and_node("gr-petrel");
     let b = Bird::start(&r, &dir, "bird", &bird_conf());
     let mut p = Petrel::start(
         &n,
@@ -195,10 +192,7 @@ fn petrel_restart_keeps_routes_at_bird_until_end_of_rib() {
 
 #[test]
 fn bird_restart_keeps_routes_at_petrel_until_end_of_rib() {
-    let dir = TestDir::new("gr-bird");
-    let r = Netns::new("r");
-    let n = Netns::new("n");
-    link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    let (dir, r, n) = router_and_node("gr-bird");
     let mut b = Bird::start(&r, &dir, "bird", &bird_conf());
     let p = Petrel::start(&n, &dir, "petrel", &petrel_yaml("10.244.2.0/24"));
     p.wait_established("tor", T);

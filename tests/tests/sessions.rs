@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use petrel_tests::bird::{self, Bird};
 use petrel_tests::petrel::Petrel;
-use petrel_tests::{Netns, TestDir, bridge, link, plug, wait_until_or};
+use petrel_tests::{Netns, TestDir, bridge, link, plug, router_and_node, wait_until_or};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -153,10 +153,7 @@ protocol bgp node_b from nodes {{ neighbor 198.51.100.3 as 65002; }}
 }
 
 fn md5_setup(label: &str, petrel_key: &str) -> (TestDir, Netns, Netns, Bird, Petrel) {
-    let dir = TestDir::new(label);
-    let r = Netns::new("r");
-    let n = Netns::new("n");
-    link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    let (dir, r, n) = router_and_node(label);
     let conf = format!(
         r#"
 router id 198.51.100.1;
@@ -210,10 +207,7 @@ fn md5_session_stays_down_with_a_wrong_key() {
 
 #[test]
 fn hold_timer_expiry_withdraws_and_the_session_comes_back() {
-    let dir = TestDir::new("hold");
-    let r = Netns::new("r");
-    let n = Netns::new("n");
-    link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    let (dir, r, n) = router_and_node("hold");
     // No graceful restart on the router: a lost session must withdraw at once.
     let conf = format!(
         r#"
@@ -282,10 +276,7 @@ protocol bgp petrel {{
 
 #[test]
 fn passive_gtsm_session_with_bird_and_gtsm_refusing_a_ttl_1_peer() {
-    let dir = TestDir::new("gtsm");
-    let r = Netns::new("r");
-    let n = Netns::new("n");
-    link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    let (dir, r, n) = router_and_node("gtsm");
     let conf = |ttl_security: &str| {
         format!(
             r#"
@@ -369,10 +360,7 @@ fn connections_from_unknown_addresses_are_refused() {
 
 #[test]
 fn max_prefixes_tears_the_session_down_with_cease_1() {
-    let dir = TestDir::new("maxpfx");
-    let r = Netns::new("r");
-    let n = Netns::new("n");
-    link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    let (dir, r, n) = router_and_node("maxpfx");
     let conf = format!(
         r#"
 router id 198.51.100.1;

@@ -23,7 +23,6 @@
 mod report;
 mod router;
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -927,6 +926,3 @@ pub fn ping(ns: &str, dst: IpAddr) -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
-
-/// Names → values, sorted (for stable JSON).
-pub type Map = BTreeMap<String, Value>;

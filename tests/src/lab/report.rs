@@ -140,7 +140,7 @@ pub fn collect(lab: &Lab) -> Report {
         let _ = writeln!(text, "$ {cmd}\n{}", out.trim_end());
     }
     text.push('\n');
-    let router_prefixes = router::prefixes(lab);
+    let router_prefixes = router::prefixes_in(&views);
 
     // Pods.
     let _ = writeln!(

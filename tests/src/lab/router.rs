@@ -334,8 +334,13 @@ pub fn route_views(lab: &Lab) -> Vec<(String, String)> {
 
 /// The prefixes the router holds, as text CIDRs.
 pub fn prefixes(lab: &Lab) -> Vec<String> {
+    prefixes_in(&route_views(lab))
+}
+
+/// The prefixes named in what [`route_views`] printed.
+pub fn prefixes_in(views: &[(String, String)]) -> Vec<String> {
     let mut out = Vec::new();
-    for (_, text) in route_views(lab) {
+    for (_, text) in views {
         for tok in text.split_whitespace() {
             let tok = tok.trim_start_matches(['*', '>', '=']);
             if tok.contains('/')
