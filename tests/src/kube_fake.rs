@@ -25,6 +25,9 @@ struct State {
     node: Value,
     rv: u64,
     watchers: Vec<mpsc::Sender<String>>,
+    /// Every event so far, with its resourceVersion: a watch from version V first gets the
+    /// events after V, as from a real API server (nothing is lost between list and watch).
+    history: Vec<(u64, String)>,
 }
 
 impl FakeApi {
@@ -34,6 +37,7 @@ impl FakeApi {
             node: node(name, 1, pod_cidrs),
             rv: 1,
             watchers: Vec::new(),
+            history: Vec::new(),
         }));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let (ptx, prx) = mpsc::channel();
@@ -77,6 +81,8 @@ impl FakeApi {
         let name = st.node["metadata"]["name"].as_str().unwrap().to_string();
         st.node = node(&name, st.rv, cidrs);
         let ev = json!({ "type": "MODIFIED", "object": st.node }).to_string();
+        let rv = st.rv;
+        st.history.push((rv, ev.clone()));
         st.watchers.retain(|w| w.send(ev.clone()).is_ok());
     }
 }
@@ -121,7 +127,18 @@ fn serve(conn: TcpStream, st: Arc<Mutex<State>>, rq: Arc<Mutex<Vec<String>>>) {
         }
         if path.contains("watch=true") || path.contains("watch=1") {
             let (tx, rx) = mpsc::channel::<String>();
-            st.lock().unwrap().watchers.push(tx);
+            let since: u64 = path
+                .split(['?', '&'])
+                .find_map(|kv| kv.strip_prefix("resourceVersion="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            {
+                let mut s = st.lock().unwrap();
+                for (_, ev) in s.history.iter().filter(|(rv, _)| *rv > since) {
+                    let _ = tx.send(ev.clone());
+                }
+                s.watchers.push(tx);
+            }
             let _ = write!(
                 out,
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
