@@ -4,10 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use petrel_bgp::policy::{ImportPolicy, PrefixRule};
+use ipnet::IpNet;
+use petrel_bgp::policy::{
+    Action, CommunityPattern, ExportPolicy, ImportPolicy, LargePattern, Match, PrefixRule, Rule,
+    Set,
+};
 use petrel_bgp::wire::Afi;
-use petrel_bgp::{GracefulRestart, PeerConfig, SpeakerConfig};
-use petrel_config::{Config, Family};
+use petrel_bgp::{GracefulRestart, LocalRoute, PeerConfig, Source, SpeakerConfig};
+use petrel_config::{Config, Family, RouteSource, RuleAction};
 
 pub fn afi(f: Family) -> Afi {
     match f {
@@ -54,6 +58,80 @@ fn read_key(path: &std::path::Path) -> anyhow::Result<Arc<[u8]>> {
     Ok(key.into())
 }
 
+fn prefix_rules(r: &[petrel_config::PrefixRule]) -> Vec<PrefixRule> {
+    r.iter()
+        .map(|r| PrefixRule {
+            prefix: r.prefix,
+            ge: r.ge,
+            le: r.le,
+        })
+        .collect()
+}
+
+fn source(s: RouteSource) -> Source {
+    match s {
+        RouteSource::PodCidrs => Source::PodCidrs,
+        RouteSource::Originate => Source::Originate,
+        RouteSource::Services => Source::Services,
+        RouteSource::Learned => Source::Learned,
+    }
+}
+
+fn rule(r: &petrel_config::Rule) -> Rule {
+    let m = &r.matches;
+    Rule {
+        matches: Match {
+            sources: m
+                .sources
+                .as_ref()
+                .map(|v| v.iter().map(|s| source(*s)).collect()),
+            prefixes: m.prefixes.as_deref().map(prefix_rules),
+            communities: m
+                .communities
+                .iter()
+                .map(|c| CommunityPattern {
+                    asn: c.asn,
+                    value: c.value,
+                })
+                .collect(),
+            large_communities: m
+                .large_communities
+                .iter()
+                .map(|c| LargePattern(*c))
+                .collect(),
+        },
+        action: match r.action {
+            RuleAction::Accept => Action::Accept,
+            RuleAction::Reject => Action::Reject,
+        },
+        set: Set {
+            communities: r.set.communities.clone(),
+            large_communities: r.set.large_communities.clone(),
+            med: r.set.med,
+            prepend: r.set.prepend,
+            local_pref: r.set.local_pref,
+        },
+    }
+}
+
+/// The node's pod CIDRs as a route source.
+pub fn pod_routes(cidrs: &[IpNet]) -> Vec<LocalRoute> {
+    cidrs.iter().map(|p| LocalRoute::new(*p)).collect()
+}
+
+/// The config file's `originate:` entries as a route source.
+pub fn originate(cfg: &Config) -> Vec<LocalRoute> {
+    cfg.originate
+        .iter()
+        .map(|o| LocalRoute {
+            prefix: o.prefix,
+            communities: o.communities.clone(),
+            large_communities: o.large_communities.clone(),
+            med: o.med,
+        })
+        .collect()
+}
+
 pub fn peers(cfg: &Config) -> anyhow::Result<Vec<PeerConfig>> {
     cfg.peers
         .iter()
@@ -78,17 +156,12 @@ pub fn peers(cfg: &Config) -> anyhow::Result<Vec<PeerConfig>> {
                 gtsm: p.gtsm,
                 families: p.families.iter().map(|f| afi(*f)).collect(),
                 import: ImportPolicy {
-                    rules: p.import.prefixes.as_ref().map(|rules| {
-                        rules
-                            .iter()
-                            .map(|r| PrefixRule {
-                                prefix: r.prefix,
-                                ge: r.ge,
-                                le: r.le,
-                            })
-                            .collect()
-                    }),
+                    prefixes: p.import.prefixes.as_deref().map(prefix_rules),
+                    rules: p.import.rules.iter().map(rule).collect(),
                     max_prefixes: p.import.max_prefixes,
+                },
+                export: ExportPolicy {
+                    rules: p.export.iter().map(rule).collect(),
                 },
                 next_hop_v4: p.next_hop_ipv4,
                 next_hop_v6: p.next_hop_ipv6,

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::state::AgentStatus;
+use petrel_control::{AgentStatus, BySource, RoutesAnswer};
 
 /// Left-aligned columns separated by two spaces.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -47,10 +47,35 @@ pub fn duration(secs: u64) -> String {
     }
 }
 
+/// `pod_cidrs 1, originate 2`: the non-zero counts.
+fn sources(b: &BySource) -> String {
+    let parts: Vec<String> = [
+        ("pod_cidrs", b.pod_cidrs),
+        ("services", b.services),
+        ("originate", b.originate),
+        ("learned", b.learned),
+    ]
+    .iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(s, n)| format!("{s} {n}"))
+    .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 pub fn status(s: &AgentStatus) -> String {
     let mut out = String::new();
     let n = &s.node;
     let cidrs: Vec<String> = n.pod_cidrs.iter().map(|c| c.to_string()).collect();
+    for (source, list) in &n.originated {
+        if source != "pod_cidrs" {
+            let l: Vec<String> = list.iter().map(|c| c.to_string()).collect();
+            let _ = writeln!(out, "{source}: {}", l.join(", "));
+        }
+    }
     let _ = writeln!(
         out,
         "node {}AS{} router-id {}  pod CIDRs: {} ({})",
@@ -88,6 +113,7 @@ pub fn status(s: &AgentStatus) -> String {
                     "{}/{}/{}",
                     p.prefixes.received, p.prefixes.accepted, p.prefixes.advertised
                 ),
+                sources(&p.prefixes.advertised_by_source),
                 since,
             ]
         })
@@ -99,6 +125,7 @@ pub fn status(s: &AgentStatus) -> String {
             "ASN",
             "STATE",
             "RCVD/ACPT/ADV",
+            "ADVERTISED BY SOURCE",
             "UPTIME / LAST ERROR",
         ],
         &rows,
@@ -133,32 +160,32 @@ pub fn status(s: &AgentStatus) -> String {
     out
 }
 
-pub fn routes(v: &serde_json::Value) -> String {
+pub fn routes(v: &RoutesAnswer) -> String {
     let mut rows = Vec::new();
-    let empty = Vec::new();
-    for r in v["routes"].as_array().unwrap_or(&empty) {
-        let prefix = r["prefix"].as_str().unwrap_or("?").to_string();
-        let in_fib = if r["in_fib"].as_bool() == Some(true) {
-            "yes"
-        } else {
-            "no"
-        };
-        for (i, p) in r["paths"].as_array().unwrap_or(&empty).iter().enumerate() {
-            let nh = p["next_hop"].as_str().unwrap_or("?").to_string();
-            let mark = if p["best"].as_bool() == Some(true) {
+    for r in &v.routes {
+        let prefix = r.prefix.to_string();
+        let in_fib = if r.in_fib { "yes" } else { "no" };
+        for (i, p) in r.paths.iter().enumerate() {
+            let nh = p.next_hop.clone().unwrap_or_else(|| "-".into());
+            let mark = if p.best {
                 "*>"
-            } else if p["selected"].as_bool() == Some(true) {
+            } else if p.selected {
                 "*="
             } else {
                 "  "
             };
-            let mut why = p["lost_on"]
-                .as_str()
-                .map(|s| format!("lost: {s}"))
-                .unwrap_or_default();
-            if p["stale"].as_bool() == Some(true) {
-                why = format!("stale {why}").trim().to_string();
+            let mut notes = Vec::new();
+            if p.stale {
+                notes.push("stale".to_string());
             }
+            match (&p.refused, &p.lost_on) {
+                (Some(why), _) => notes.push(format!("refused: {why}")),
+                (None, Some(why)) => notes.push(format!("lost: {why}")),
+                _ => {}
+            }
+            let mut comms = p.communities.clone();
+            comms.extend(p.large_communities.iter().cloned());
+            comms.extend(p.extended_communities.iter().cloned());
             rows.push(vec![
                 if i == 0 {
                     prefix.clone()
@@ -167,36 +194,47 @@ pub fn routes(v: &serde_json::Value) -> String {
                 },
                 mark.to_string(),
                 nh,
-                p["peer"].as_str().unwrap_or("").to_string(),
-                p["as_path"].as_str().unwrap_or("").to_string(),
-                p["local_pref"].to_string(),
+                if p.source == "learned" {
+                    p.peer.clone()
+                } else {
+                    format!("({})", p.source)
+                },
+                p.as_path.clone(),
+                p.local_pref.to_string(),
+                comms.join(" "),
                 if i == 0 {
                     in_fib.to_string()
                 } else {
                     String::new()
                 },
-                why,
+                notes.join("; "),
             ]);
         }
     }
     let mut out = table(
         &[
-            "PREFIX", "", "NEXT HOP", "PEER", "AS PATH", "LOCPRF", "FIB", "NOTE",
+            "PREFIX",
+            "",
+            "NEXT HOP",
+            "FROM",
+            "AS PATH",
+            "LOCPRF",
+            "COMMUNITIES",
+            "FIB",
+            "NOTE",
         ],
         &rows,
     );
-    if let Some(o) = v["originated"].as_array() {
-        let list: Vec<&str> = o.iter().filter_map(|x| x.as_str()).collect();
-        let _ = writeln!(
-            out,
-            "\noriginated: {}",
-            if list.is_empty() {
-                "none".into()
-            } else {
-                list.join(", ")
-            }
-        );
-    }
+    let list: Vec<String> = v.originated.iter().map(|p| p.to_string()).collect();
+    let _ = writeln!(
+        out,
+        "\noriginated: {}",
+        if list.is_empty() {
+            "none".into()
+        } else {
+            list.join(", ")
+        }
+    );
     out.push_str("*> best, *= also in the ECMP set\n");
     out
 }

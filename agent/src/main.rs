@@ -10,6 +10,7 @@ mod display;
 mod fib;
 mod k8s;
 mod metrics;
+mod msg;
 mod run;
 mod state;
 
@@ -56,6 +57,9 @@ enum Cmd {
         json: bool,
         #[arg(long, default_value = petrel_config::DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
+        /// Seconds to wait for the agent's answer.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
     },
     /// The Loc-RIB: every prefix, its paths, why the best one won, whether it is in the FIB.
     Routes {
@@ -63,6 +67,9 @@ enum Cmd {
         json: bool,
         #[arg(long, default_value = petrel_config::DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
+        /// Seconds to wait for the agent's answer.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
     },
 }
 
@@ -137,41 +144,44 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Status { json, socket } => client(&socket, "status", json),
-        Cmd::Routes { json, socket } => client(&socket, "routes", json),
+        Cmd::Status {
+            json,
+            socket,
+            timeout,
+        } => client(&socket, "status", json, timeout),
+        Cmd::Routes {
+            json,
+            socket,
+            timeout,
+        } => client(&socket, "routes", json, timeout),
     }
 }
 
-fn client(socket: &std::path::Path, what: &str, json: bool) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+fn client(socket: &std::path::Path, what: &str, json: bool, timeout: f64) -> ExitCode {
+    let timeout = std::time::Duration::from_secs_f64(timeout.clamp(0.1, 3600.0));
+    let v = match petrel_control::ask(socket, what, timeout) {
+        Ok(v) => v,
         Err(e) => {
             eprintln!("petrel: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(control::ask(socket, what)) {
-        Ok(v) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            } else if what == "status" {
-                match serde_json::from_value::<state::AgentStatus>(v) {
-                    Ok(s) => print!("{}", display::status(&s)),
-                    Err(e) => {
-                        eprintln!("petrel: unexpected status from the agent: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            } else {
-                print!("{}", display::routes(&v));
-            }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    let text = if what == "status" {
+        serde_json::from_value::<petrel_control::AgentStatus>(v).map(|s| display::status(&s))
+    } else {
+        serde_json::from_value::<petrel_control::RoutesAnswer>(v).map(|r| display::routes(&r))
+    };
+    match text {
+        Ok(t) => {
+            print!("{t}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("petrel: {e:#}");
+            eprintln!("petrel: unexpected answer from the agent: {e}");
             ExitCode::FAILURE
         }
     }

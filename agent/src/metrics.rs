@@ -17,29 +17,13 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
-use crate::state::{Agent, AgentStatus};
+use petrel_control::AgentStatus;
 
-/// Metrics updated as things happen (the rest is read from status at scrape time).
-#[derive(Debug, Clone)]
-pub struct Metrics {
-    /// Seconds to apply one batch of FIB operations (netlink request to last ACK).
-    pub fib_batch_seconds: Histogram,
-    /// Routes per batch.
-    pub fib_batch_routes: Histogram,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics {
-            fib_batch_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
-            fib_batch_routes: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
-        }
-    }
-}
+use crate::msg::Metrics;
+use crate::state::Agent;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
@@ -51,6 +35,18 @@ struct PeerLabels {
 struct StateLabels {
     peer: String,
     state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    peer: String,
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    peer: String,
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -81,7 +77,31 @@ pub fn render(st: &AgentStatus, m: &Metrics) -> String {
     let msg_in = Family::<PeerLabels, Counter>::default();
     let msg_out = Family::<PeerLabels, Counter>::default();
     let flaps = Family::<PeerLabels, Counter>::default();
+    let adv_src = Family::<SourceLabels, Gauge>::default();
+    let refused = Family::<ReasonLabels, Gauge>::default();
     for p in &st.peers {
+        let b = &p.prefixes.advertised_by_source;
+        for (source, n) in [
+            ("pod_cidrs", b.pod_cidrs),
+            ("originate", b.originate),
+            ("services", b.services),
+            ("learned", b.learned),
+        ] {
+            adv_src
+                .get_or_create(&SourceLabels {
+                    peer: p.name.clone(),
+                    source: source.into(),
+                })
+                .set(n as i64);
+        }
+        for (reason, n) in &p.prefixes.refused {
+            refused
+                .get_or_create(&ReasonLabels {
+                    peer: p.name.clone(),
+                    reason: reason.clone(),
+                })
+                .set(*n as i64);
+        }
         let l = PeerLabels {
             peer: p.name.clone(),
             address: p.address.to_string(),
@@ -130,6 +150,16 @@ pub fn render(st: &AgentStatus, m: &Metrics) -> String {
         "peer_prefixes_stale",
         "Prefixes kept over the peer's graceful restart",
         stale,
+    );
+    reg.register(
+        "peer_prefixes_advertised_by_source",
+        "Prefixes advertised to the peer, per route source",
+        adv_src,
+    );
+    reg.register(
+        "peer_prefixes_refused",
+        "Prefixes import policy refused, per reason",
+        refused,
     );
     reg.register("peer_updates_received", "UPDATE messages received", upd_in);
     reg.register("peer_updates_sent", "UPDATE messages sent", upd_out);
@@ -190,7 +220,7 @@ pub fn render(st: &AgentStatus, m: &Metrics) -> String {
 }
 
 async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
-    let st = agent.status().await;
+    let st = agent.status();
     (
         [(
             header::CONTENT_TYPE,
@@ -201,14 +231,18 @@ async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
 }
 
 async fn healthz(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
-    match agent.speaker.status().await {
-        Ok(_) => (StatusCode::OK, "ok\n"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "speaker not answering\n"),
+    if agent.healthy() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a task of the agent has stopped\n",
+        )
     }
 }
 
 async fn readyz(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
-    if agent.fib.summary().await.synced {
+    if agent.fib.snapshot().summary.synced {
         (StatusCode::OK, "ready\n")
     } else {
         (
@@ -219,18 +253,22 @@ async fn readyz(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
 }
 
 /// Serve the endpoint on `addr` until the task is dropped.
-pub async fn serve(
+pub fn serve(
     addr: SocketAddr,
     agent: Arc<Agent>,
+    rt: &tokio::runtime::Handle,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let _in = rt.enter();
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(agent);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
     info!(%addr, "metrics and health endpoint listening");
-    Ok(tokio::spawn(async move {
+    Ok(rt.spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             warn!(error = %e, "metrics endpoint stopped");
         }

@@ -6,14 +6,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ipnet::IpNet;
-use petrel_bgp::Speaker;
+use petrel_bgp::{Source, Speaker};
 use petrel_config::{Config, OwnCidrRoute, PodCidrs};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::RwLock;
 use tracing::{error, info, warn};
 
 use crate::fib::{self, RouteTag, Target};
-use crate::state::{Agent, NodeView};
+use crate::state::{Agent, NodeInfo};
 use crate::{control, convert};
 
 pub struct RunOpts {
@@ -58,6 +57,18 @@ fn set_forwarding() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A single-threaded runtime on a thread of its own, for the control socket and metrics.
+fn status_runtime() -> std::io::Result<tokio::runtime::Handle> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new()
+        .name("status".into())
+        .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+    Ok(handle)
+}
+
 pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
     let cfg = load(&opts.config)?;
     let socket_path = opts.socket.clone().unwrap_or(cfg.control.socket.clone());
@@ -77,26 +88,31 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
         PodCidrs::Kubernetes => Vec::new(),
     };
     let peers = convert::peers(&cfg)?;
-    let (speaker, changes) =
-        Speaker::start(convert::speaker(&cfg, restarting), peers, pod_cidrs.clone())
-            .await
-            .context("start the BGP speaker")?;
     let own_kind = match cfg.fib.own_cidr_route {
         OwnCidrRoute::Blackhole => Some(Target::Blackhole),
         OwnCidrRoute::Unreachable => Some(Target::Unreachable),
         OwnCidrRoute::None => None,
     };
-    let metrics = crate::metrics::Metrics::default();
-    let fib = fib::start(
-        tag,
-        pod_cidrs.clone(),
-        own_kind,
-        speaker.clone(),
-        changes,
-        metrics.clone(),
+    let metrics = crate::msg::Metrics::default();
+    // Few batches in flight from the speaker to the FIB: a slow FIB holds the RIB back (and,
+    // through it, the peers' sockets) instead of piling up changes in memory.
+    let (changes_tx, changes) = tokio::sync::mpsc::channel(4);
+    let fib = fib::start(tag, own_kind, changes, metrics.clone())
+        .await
+        .context("start FIB sync")?;
+    // The pod CIDRs' blackholes are in the kernel before any session can announce them.
+    fib.set_own(pod_cidrs.clone()).await;
+    let speaker = Speaker::start(
+        convert::speaker(&cfg, restarting),
+        peers,
+        vec![
+            (Source::PodCidrs, convert::pod_routes(&pod_cidrs)),
+            (Source::Originate, convert::originate(&cfg)),
+        ],
+        changes_tx,
     )
     .await
-    .context("start FIB sync")?;
+    .context("start the BGP speaker")?;
     // In Kubernetes mode the node's name is known before anything answers on the socket.
     let node_name = match cfg.node.pod_cidrs {
         PodCidrs::Kubernetes => Some(crate::k8s::node_name(cfg.node.name.as_deref())?),
@@ -105,7 +121,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
     let agent = Arc::new(Agent {
         speaker: speaker.clone(),
         fib: fib.clone(),
-        node: RwLock::new(NodeView {
+        node: std::sync::RwLock::new(NodeInfo {
             name: node_name.clone(),
             asn: cfg.node.asn,
             router_id: cfg.node.router_id,
@@ -119,7 +135,10 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
         table: cfg.fib.table,
         metrics,
     });
-    let _guard = control::serve(&socket_path, agent.clone())?;
+    // Status and health answer on a thread and runtime of their own: however busy route
+    // processing keeps the main workers, they read snapshots and answer.
+    let status_rt = status_runtime().context("start the status thread")?;
+    let _guard = control::serve(&socket_path, agent.clone(), &status_rt)?;
     if let (PodCidrs::Kubernetes, Some(name)) = (&cfg.node.pod_cidrs, node_name) {
         let client = kube::Client::try_default()
             .await
@@ -138,8 +157,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
     }
     let _metrics = match cfg.metrics.address {
         Some(addr) => Some(
-            crate::metrics::serve(addr, agent.clone())
-                .await
+            crate::metrics::serve(addr, agent.clone(), &status_rt)
                 .with_context(|| format!("metrics endpoint on {addr}"))?,
         ),
         None => None,
@@ -168,28 +186,39 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
     } else {
         info!("stopping: Cease to every peer, our routes removed from the kernel");
     }
-    if graceful {
-        // The withdrawals the sessions' end causes in the RIB must not reach the kernel.
-        fib.freeze().await;
-        let _ = speaker.shutdown(true).await;
-    } else {
-        let _ = speaker.shutdown(false).await;
+    // Either way the withdrawals the sessions' end causes in the RIB must not reach the
+    // kernel: with graceful restart the routes stay for the next run, without it they all
+    // go at once (one flush, not a withdrawal per route first).
+    let t = std::time::Instant::now();
+    fib.freeze().await;
+    let _ = speaker.shutdown(graceful).await;
+    info!(secs = t.elapsed().as_secs_f64(), "sessions closed");
+    if !graceful {
         fib.flush().await;
+        info!(secs = t.elapsed().as_secs_f64(), "routes removed");
     }
     Ok(())
 }
 
 /// Move to new pod CIDRs without a moment where traffic for them is attracted but not
 /// held: the blackholes of old and new are in the kernel before the new CIDRs are
-/// announced, and the old ones are withdrawn before their blackholes go.
+/// announced, and the old ones are withdrawn (on every peer's socket) before their
+/// blackholes go.
 async fn change_pod_cidrs(agent: &Agent, cidrs: Vec<IpNet>) -> anyhow::Result<()> {
-    let old = agent.node.read().await.pod_cidrs.clone();
+    let old = agent.node().pod_cidrs;
     let mut both = old.clone();
     both.extend(cidrs.iter().filter(|c| !old.contains(c)));
     let shrinks = both.len() > cidrs.len();
     agent.fib.set_own(both).await;
-    agent.node.write().await.pod_cidrs = cidrs.clone();
-    agent.speaker.set_originated(cidrs.clone()).await?;
+    agent
+        .node
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .pod_cidrs = cidrs.clone();
+    agent
+        .speaker
+        .set_local(Source::PodCidrs, convert::pod_routes(&cidrs))
+        .await?;
     if shrinks {
         agent.fib.set_own(cidrs).await;
     }
@@ -210,6 +239,13 @@ async fn reload(path: &Path, old: &Config, agent: &Agent) -> anyhow::Result<Conf
     {
         info!(pod_cidrs = ?b, "pod CIDRs changed");
         change_pod_cidrs(agent, b.clone()).await?;
+    }
+    if new.originate != old.originate {
+        info!(entries = new.originate.len(), "originate changed");
+        agent
+            .speaker
+            .set_local(Source::Originate, convert::originate(&new))
+            .await?;
     }
     info!(peers = new.peers.len(), "config reloaded");
     let mut kept = new.clone();

@@ -1,100 +1,39 @@
-//! The running agent as the control socket and the metrics endpoint see it, and the JSON
-//! documents they answer with. The shapes here are the stable interface of `petrel status
-//! --json` and `petrel routes --json` (README, "Status JSON"); fields are only ever added.
+//! The running agent as the control socket and the metrics endpoint see it. Status is put
+//! together from what the tasks last published (the speaker's board, the FIB's snapshot):
+//! it never waits on route processing. The document shapes are `petrel_control`'s.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::RwLock;
 
 use ipnet::IpNet;
 use petrel_bgp::Speaker;
-use serde::{Deserialize, Serialize};
-use std::net::{IpAddr, Ipv4Addr};
-use tokio::sync::RwLock;
+use petrel_control::{
+    AgentStatus, BySource, FibView, NodeView, PathEntry, PeerView, PrefixCounts, RouteEntry,
+    RoutesAnswer, STATUS_VERSION, UnknownAttribute,
+};
 
-use crate::fib::Fib;
+use crate::msg::{Fib, Metrics};
 
-pub const STATUS_VERSION: u32 = 1;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AgentStatus {
-    /// Schema version of this document.
-    pub version: u32,
-    pub node: NodeView,
-    pub peers: Vec<PeerView>,
-    pub fib: FibView,
-    pub warnings: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeView {
+/// Who the node is; changed by the Kubernetes watch and reloads.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
     pub name: Option<String>,
     pub asn: u32,
     pub router_id: Ipv4Addr,
-    /// The prefixes the node originates.
     pub pod_cidrs: Vec<IpNet>,
     /// "config" or "kubernetes".
     pub pod_cidrs_source: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PrefixCounts {
-    pub received: u64,
-    pub accepted: u64,
-    pub advertised: u64,
-    pub stale: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PeerView {
-    pub name: String,
-    pub address: IpAddr,
-    pub asn: u32,
-    pub local_address: Option<IpAddr>,
-    /// RFC 4271 state: Idle, Connect, Active, OpenSent, OpenConfirm, Established.
-    pub state: String,
-    /// Seconds since the session came up (Established only).
-    pub uptime_secs: Option<u64>,
-    /// Seconds in the current state.
-    pub state_secs: u64,
-    pub last_error: Option<String>,
-    pub prefixes: PrefixCounts,
-    pub remote_router_id: Option<Ipv4Addr>,
-    pub hold_time: Option<u16>,
-    pub keepalive: Option<u16>,
-    pub families: Vec<String>,
-    pub graceful_restart: bool,
-    pub messages_in: u64,
-    pub messages_out: u64,
-    pub updates_in: u64,
-    pub updates_out: u64,
-    /// Times the session reached Established.
-    pub established_count: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FibView {
-    pub protocol: u8,
-    /// Route operations sent to the kernel, and refused by it, since start.
-    pub ops: u64,
-    pub errors: u64,
-    pub table: u32,
-    pub installed: u64,
-    pub ecmp: u64,
-    pub failed: u64,
-    pub own_routes: usize,
-    /// Routes from a previous run not yet confirmed (before the initial sync).
-    pub stale: usize,
-    pub synced: bool,
-    pub restored: u64,
-    pub forwarding_ipv4: Option<bool>,
-    pub forwarding_ipv6: Option<bool>,
 }
 
 /// What the control socket and metrics need from the running agent.
 pub struct Agent {
     pub speaker: Speaker,
     pub fib: Fib,
-    pub node: RwLock<NodeView>,
+    pub node: RwLock<NodeInfo>,
     pub protocol: u8,
     pub table: u32,
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: Metrics,
 }
 
 fn read_flag(path: &str) -> Option<bool> {
@@ -108,11 +47,29 @@ pub fn forwarding() -> (Option<bool>, Option<bool>) {
     )
 }
 
+fn by_source(b: &petrel_bgp::BySource) -> BySource {
+    BySource {
+        pod_cidrs: b.pod_cidrs,
+        services: b.services,
+        originate: b.originate,
+        learned: b.learned,
+    }
+}
+
 impl Agent {
-    pub async fn status(&self) -> AgentStatus {
-        let node = self.node.read().await.clone();
-        let sp = self.speaker.status().await.ok();
-        let fib = self.fib.summary().await;
+    pub fn node(&self) -> NodeInfo {
+        self.node.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The speaker's and the FIB's tasks are running.
+    pub fn healthy(&self) -> bool {
+        self.speaker.alive() && self.fib.alive()
+    }
+
+    pub fn status(&self) -> AgentStatus {
+        let node = self.node();
+        let sp = self.speaker.status();
+        let fib = self.fib.snapshot().summary;
         let (f4, f6) = forwarding();
         let mut warnings = Vec::new();
         let has4 = node.pod_cidrs.iter().any(|p| matches!(p, IpNet::V4(_)));
@@ -124,7 +81,7 @@ impl Agent {
             warnings.push("IPv6 forwarding is off in this namespace: pods are not reachable through this node (set fib.enable_forwarding: true or enable it yourself)".to_string());
         }
         if node.pod_cidrs.is_empty() {
-            warnings.push("no pod CIDR yet: nothing is advertised".to_string());
+            warnings.push("no pod CIDR yet: no pod CIDR is advertised".to_string());
         }
         if fib.failed > 0 {
             warnings.push(format!(
@@ -132,49 +89,70 @@ impl Agent {
                 fib.failed
             ));
         }
-        let peers = sp
-            .as_ref()
-            .map(|s| {
-                s.peers
-                    .iter()
-                    .map(|p| {
-                        let up = p.state == petrel_bgp::fsm::State::Established;
-                        PeerView {
-                            name: p.name.clone(),
-                            address: p.address,
-                            asn: p.remote_asn,
-                            local_address: p.local_address,
-                            state: p.state.to_string(),
-                            uptime_secs: up.then_some(p.state_secs),
-                            state_secs: p.state_secs,
-                            last_error: p.last_error.clone(),
-                            prefixes: PrefixCounts {
-                                received: p.prefixes.received,
-                                accepted: p.prefixes.accepted,
-                                advertised: p.advertised,
-                                stale: p.prefixes.stale,
-                            },
-                            remote_router_id: p.remote_router_id,
-                            hold_time: p.hold_time,
-                            keepalive: p.keepalive,
-                            families: p.families.iter().map(|f| f.to_string()).collect(),
-                            graceful_restart: p.graceful_restart,
-                            messages_in: p.messages_in,
-                            messages_out: p.messages_out,
-                            updates_in: p.updates_in,
-                            updates_out: p.updates_out,
-                            established_count: p.established_count,
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        if sp.is_none() {
-            warnings.push("the BGP speaker is not answering".to_string());
+        if !self.healthy() {
+            warnings.push("a task of the agent has stopped (see the log)".to_string());
         }
+        let peers = sp
+            .peers
+            .iter()
+            .map(|p| {
+                let up = p.state == petrel_bgp::fsm::State::Established;
+                PeerView {
+                    name: p.name.clone(),
+                    address: p.address,
+                    asn: p.remote_asn,
+                    local_address: p.local_address,
+                    state: p.state.to_string(),
+                    uptime_secs: up.then_some(p.state_secs),
+                    state_secs: p.state_secs,
+                    last_error: p.last_error.clone(),
+                    prefixes: PrefixCounts {
+                        received: p.prefixes.received,
+                        accepted: p.prefixes.accepted,
+                        advertised: p.advertised,
+                        stale: p.prefixes.stale,
+                        advertised_by_source: by_source(&p.advertised_by_source),
+                        refused: p
+                            .refused
+                            .iter()
+                            .map(|(r, n)| {
+                                let name = serde_json::to_value(r)
+                                    .ok()
+                                    .and_then(|v| v.as_str().map(String::from))
+                                    .unwrap_or_default();
+                                (name, *n)
+                            })
+                            .collect(),
+                    },
+                    remote_router_id: p.remote_router_id,
+                    hold_time: p.hold_time,
+                    keepalive: p.keepalive,
+                    families: p.families.iter().map(|f| f.to_string()).collect(),
+                    graceful_restart: p.graceful_restart,
+                    messages_in: p.messages_in,
+                    messages_out: p.messages_out,
+                    updates_in: p.updates_in,
+                    updates_out: p.updates_out,
+                    established_count: p.established_count,
+                }
+            })
+            .collect();
+        let originated: BTreeMap<String, Vec<IpNet>> = sp
+            .local
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(s, v)| (s.name().to_string(), v.clone()))
+            .collect();
         AgentStatus {
             version: STATUS_VERSION,
-            node,
+            node: NodeView {
+                name: node.name,
+                asn: node.asn,
+                router_id: node.router_id,
+                pod_cidrs: node.pod_cidrs,
+                pod_cidrs_source: node.pod_cidrs_source,
+                originated,
+            },
             peers,
             fib: FibView {
                 protocol: self.protocol,
@@ -188,6 +166,7 @@ impl Agent {
                 stale: fib.stale,
                 synced: fib.synced,
                 restored: fib.restored,
+                resyncs: fib.resyncs,
                 forwarding_ipv4: f4,
                 forwarding_ipv6: f6,
             },
@@ -195,25 +174,67 @@ impl Agent {
         }
     }
 
-    pub async fn routes(&self) -> serde_json::Value {
+    pub async fn routes(&self) -> RoutesAnswer {
         let routes = self.speaker.routes().await.unwrap_or_default();
-        let failed = self.fib.failed().await;
-        let node = self.node.read().await.clone();
-        let list: Vec<serde_json::Value> = routes
+        let failed = self.fib.snapshot().failed;
+        let mut originated: Vec<IpNet> = self
+            .speaker
+            .status()
+            .local
             .into_iter()
-            .map(|r| {
-                let in_fib = !r.next_hops.is_empty() && !failed.contains(&r.prefix);
-                let mut v = serde_json::to_value(&r).unwrap_or_default();
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("in_fib".into(), in_fib.into());
-                }
-                v
+            .flat_map(|(_, v)| v)
+            .collect();
+        originated.sort();
+        let routes = routes
+            .into_iter()
+            .map(|r| RouteEntry {
+                in_fib: !r.next_hops.is_empty() && !failed.contains(&r.prefix),
+                prefix: r.prefix,
+                next_hops: r.next_hops.iter().map(|n| n.addr().to_string()).collect(),
+                paths: r
+                    .paths
+                    .into_iter()
+                    .map(|p| PathEntry {
+                        source: p.source.name().to_string(),
+                        peer: p.peer,
+                        peer_address: p.peer_address,
+                        next_hop: p.next_hop.map(|n| n.addr().to_string()),
+                        as_path: p.as_path,
+                        origin: serde_json::to_value(p.origin)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default(),
+                        local_pref: p.local_pref,
+                        med: p.med,
+                        communities: p.communities,
+                        large_communities: p.large_communities,
+                        extended_communities: p.extended_communities,
+                        unknown_attributes: p
+                            .unknown_attributes
+                            .into_iter()
+                            .map(|u| UnknownAttribute {
+                                code: u.code,
+                                flags: u.flags,
+                                transitive: u.transitive,
+                                value: u.value,
+                            })
+                            .collect(),
+                        originator_id: p.originator_id,
+                        cluster_list: p.cluster_list,
+                        stale: p.stale,
+                        accepted: p.accepted,
+                        refused: p.refused.map(String::from),
+                        best: p.best,
+                        selected: p.selected,
+                        lost_on: p.lost_on.map(String::from),
+                    })
+                    .collect(),
             })
             .collect();
-        serde_json::json!({
-            "version": STATUS_VERSION,
-            "originated": node.pod_cidrs,
-            "routes": list,
-        })
+        RoutesAnswer {
+            version: STATUS_VERSION,
+            originated,
+            routes,
+        }
     }
 }

@@ -173,6 +173,7 @@ impl std::fmt::Display for DownReason {
 }
 
 /// An input (an RFC 4271 8.1 event).
+#[allow(clippy::large_enum_variant)] // one at a time, never stored
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// ManualStart / AutomaticStart (Events 1, 3; Events 4, 5 when passive).

@@ -8,7 +8,8 @@
 //! 4. [`runtime`]: the tokio shell that owns sockets and timers.
 //!
 //! The crate knows nothing of Kubernetes, the kernel FIB or files: it takes session configs
-//! and the prefixes to originate, and hands back Loc-RIB changes and status.
+//! and the node's own routes by source, and hands back Loc-RIB changes (with the selected
+//! paths) and status.
 
 pub mod fsm;
 pub mod policy;
@@ -16,6 +17,8 @@ pub mod rib;
 pub mod runtime;
 pub mod wire;
 
+pub use policy::Source;
 pub use runtime::{
-    GracefulRestart, PeerConfig, PeerStatus, RibOutput, Speaker, SpeakerConfig, SpeakerStatus,
+    BySource, GracefulRestart, LocalRoute, PeerConfig, PeerStatus, RibOutput, Speaker,
+    SpeakerConfig, SpeakerStatus,
 };

@@ -1,18 +1,73 @@
-//! Import policy: which learned routes a peer may put in the Loc-RIB. Pure.
+//! Import and export policy: what a peer's routes may enter the Loc-RIB as, and what each
+//! peer is sent from it. Pure functions of (route, policy, context).
 //!
-//! Applied to every prefix of every UPDATE, in this order: routes that would loop (our AS in
-//! the path, our router id as ORIGINATOR_ID) and routes that touch the node's own pod CIDRs
-//! are always refused; then the peer's prefix list decides, and with no list eBGP refuses
-//! everything (RFC 8212) while iBGP accepts everything.
+//! **Import**, for every prefix of every UPDATE, in this order:
+//! 1. safety, whatever the config says: routes that would loop (our AS in the path on eBGP,
+//!    our router id as ORIGINATOR_ID), with one of our addresses as next hop, or covering or
+//!    inside the node's own pod CIDRs are refused;
+//! 2. the prefix list, when given (`prefixes`), is a gate: a prefix must match one entry;
+//! 3. `rules`, first match decides: `reject` refuses, `accept` (the default) takes the route
+//!    with the rule's `set` applied; no rule matched: accepted as received, except on eBGP
+//!    with no prefix list, where nothing comes in that a rule did not accept (RFC 8212);
+//! 4. GRACEFUL_SHUTDOWN (RFC 8326) lowers the local preference of what was accepted to 0.
+//!
+//! **Export**, for the best path of every prefix, to each peer:
+//! 1. never: back to the peer it came from, iBGP-learned routes to iBGP peers (no route
+//!    reflection), NO_ADVERTISE to anyone, NO_EXPORT and NO_EXPORT_SUBCONFED to eBGP;
+//! 2. the peer's `export` rules, first match decides (`reject`, or `accept` with `set`);
+//! 3. no rule matched: the node's own routes (pod CIDRs, `originate`, ...) go out, learned
+//!    ones do not: Petrel is a leaf unless told otherwise.
+//!
+//! The outgoing attributes are then built as RFC 4271 5.1 says for the session type: on eBGP
+//! our AS prepended (and `prepend` more times), next hop self, no LOCAL_PREF, MED only when
+//! set by us; on iBGP, LOCAL_PREF carried, the next hop of a learned route unchanged.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 
-use crate::rib::RouteAttrs;
+use crate::rib::{DEFAULT_LOCAL_PREF, RouteAttrs};
+use crate::wire::{AsPath, NextHop, Origin, PathAttrs, community};
+
+/// Where a route in the RIB came from.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The node's pod CIDRs (from the config file or the Kubernetes Node).
+    PodCidrs,
+    /// Kubernetes Service addresses.
+    Services,
+    /// Static entries of the config file (`originate`).
+    Originate,
+    /// From a BGP peer.
+    Learned,
+}
+
+impl Source {
+    pub const LOCAL: [Source; 3] = [Source::PodCidrs, Source::Services, Source::Originate];
+
+    pub fn is_local(self) -> bool {
+        self != Source::Learned
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::PodCidrs => "pod_cidrs",
+            Source::Services => "services",
+            Source::Originate => "originate",
+            Source::Learned => "learned",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// `prefix` with bounds on the length, as in a router's prefix list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PrefixRule {
     pub prefix: IpNet,
     pub ge: u8,
@@ -26,16 +81,153 @@ impl PrefixRule {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// A standard community with `*` allowed on either half (`65000:*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommunityPattern {
+    pub asn: Option<u16>,
+    pub value: Option<u16>,
+}
+
+impl CommunityPattern {
+    pub fn exact(c: u32) -> CommunityPattern {
+        CommunityPattern {
+            asn: Some((c >> 16) as u16),
+            value: Some(c as u16),
+        }
+    }
+
+    pub fn matches(&self, c: u32) -> bool {
+        self.asn.is_none_or(|a| a == (c >> 16) as u16) && self.value.is_none_or(|v| v == c as u16)
+    }
+}
+
+/// A large community (RFC 8092) with `*` allowed on any of its three parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LargePattern(pub [Option<u32>; 3]);
+
+impl LargePattern {
+    pub fn matches(&self, c: &[u32; 3]) -> bool {
+        self.0.iter().zip(c).all(|(p, v)| p.is_none_or(|p| p == *v))
+    }
+}
+
+/// The conditions of a rule; all that are given must hold. Within `communities` or
+/// `large_communities`, one of the listed patterns is enough.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Match {
+    /// `None`: any source.
+    pub sources: Option<Vec<Source>>,
+    pub prefixes: Option<Vec<PrefixRule>>,
+    pub communities: Vec<CommunityPattern>,
+    pub large_communities: Vec<LargePattern>,
+}
+
+impl Match {
+    pub fn matches(&self, source: Source, prefix: &IpNet, a: &PathAttrs) -> bool {
+        self.sources.as_ref().is_none_or(|s| s.contains(&source))
+            && self
+                .prefixes
+                .as_ref()
+                .is_none_or(|l| l.iter().any(|r| r.matches(prefix)))
+            && (self.communities.is_empty()
+                || self
+                    .communities
+                    .iter()
+                    .any(|p| a.communities.iter().any(|c| p.matches(*c))))
+            && (self.large_communities.is_empty()
+                || self
+                    .large_communities
+                    .iter()
+                    .any(|p| a.large_communities.iter().any(|c| p.matches(c))))
+    }
+}
+
+/// What a rule changes on a route it accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Set {
+    /// Added (once each) to the route's communities.
+    pub communities: Vec<u32>,
+    pub large_communities: Vec<[u32; 3]>,
+    pub med: Option<u32>,
+    /// More copies of our AS on the path (eBGP export only).
+    pub prepend: u8,
+    pub local_pref: Option<u32>,
+}
+
+impl Set {
+    pub fn is_empty(&self) -> bool {
+        *self == Set::default()
+    }
+
+    fn apply(&self, a: &mut PathAttrs) {
+        for c in &self.communities {
+            if !a.communities.contains(c) {
+                a.communities.push(*c);
+            }
+        }
+        for c in &self.large_communities {
+            if !a.large_communities.contains(c) {
+                a.large_communities.push(*c);
+            }
+        }
+        if self.med.is_some() {
+            a.med = self.med;
+        }
+        if self.local_pref.is_some() {
+            a.local_pref = self.local_pref;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    #[default]
+    Accept,
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Rule {
+    pub matches: Match,
+    pub action: Action,
+    pub set: Set,
+}
+
+fn first_match<'a>(
+    rules: &'a [Rule],
+    source: Source,
+    prefix: &IpNet,
+    a: &PathAttrs,
+) -> Option<(usize, &'a Rule)> {
+    rules
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.matches.matches(source, prefix, a))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ImportPolicy {
     /// `None`: no list configured (eBGP refuses all, iBGP accepts all).
-    pub rules: Option<Vec<PrefixRule>>,
+    pub prefixes: Option<Vec<PrefixRule>>,
+    pub rules: Vec<Rule>,
     /// Most accepted prefixes before the session is torn down (RFC 4486 Cease subcode 1).
     pub max_prefixes: Option<u32>,
 }
 
-/// Why a route was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ExportPolicy {
+    pub rules: Vec<Rule>,
+}
+
+/// Why a route was refused on import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Refusal {
     AsLoop,
     OriginatorIsUs,
@@ -43,9 +235,66 @@ pub enum Refusal {
     NextHopIsUs,
     NotInPrefixList,
     NoPolicyOnEbgp,
+    RejectedByRule,
 }
 
-/// Everything the decision needs besides the route.
+impl Refusal {
+    pub const ALL: [Refusal; 7] = [
+        Refusal::AsLoop,
+        Refusal::OriginatorIsUs,
+        Refusal::OwnPodCidr,
+        Refusal::NextHopIsUs,
+        Refusal::NotInPrefixList,
+        Refusal::NoPolicyOnEbgp,
+        Refusal::RejectedByRule,
+    ];
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Refusal::AsLoop => "our AS is in the AS path",
+            Refusal::OriginatorIsUs => "ORIGINATOR_ID is our router id",
+            Refusal::OwnPodCidr => "covers or falls inside one of our pod CIDRs",
+            Refusal::NextHopIsUs => "the next hop is one of our addresses",
+            Refusal::NotInPrefixList => "not in the peer's import prefix list",
+            Refusal::NoPolicyOnEbgp => "no import policy on an eBGP session (RFC 8212)",
+            Refusal::RejectedByRule => "rejected by an import rule",
+        }
+    }
+
+    /// A small number for compact storage (never 0).
+    pub fn code(self) -> u8 {
+        Refusal::ALL.iter().position(|r| *r == self).unwrap_or(0) as u8 + 1
+    }
+
+    pub fn from_code(c: u8) -> Option<Refusal> {
+        c.checked_sub(1)
+            .and_then(|i| Refusal::ALL.get(i as usize).copied())
+    }
+}
+
+/// What import policy decided for a prefix, before any attribute is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Refused(Refusal),
+    /// Accepted, with the `set` of this rule (by index) and GRACEFUL_SHUTDOWN applied.
+    Accept {
+        rule: Option<usize>,
+        graceful_shutdown: bool,
+    },
+}
+
+/// The outcome of import policy for one prefix.
+#[allow(clippy::large_enum_variant)] // built once per distinct outcome, not per prefix
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Imported {
+    Refused(Refusal),
+    /// Accepted as received.
+    Accepted,
+    /// Accepted with these attributes (a rule's `set` or GRACEFUL_SHUTDOWN changed them).
+    Changed(RouteAttrs),
+}
+
+/// Everything the import decision needs besides the route.
 #[derive(Debug, Clone)]
 pub struct ImportContext<'a> {
     pub local_asn: u32,
@@ -71,121 +320,193 @@ impl ImportContext<'_> {
         Ok(())
     }
 
-    /// The per-prefix part of the decision.
-    pub fn check_prefix(&self, net: &IpNet) -> Result<(), Refusal> {
+    /// The decision for one prefix, without building anything: cheap, and the same for
+    /// most prefixes of an UPDATE, so that [`ImportContext::apply`] runs once per outcome.
+    pub fn decide(&self, net: &IpNet, r: &RouteAttrs) -> Decision {
+        if let Err(why) = self.check_attrs(r) {
+            return Decision::Refused(why);
+        }
         // A route covering or inside one of our pod CIDRs would steal our own pods' traffic.
         if self
             .own_prefixes
             .iter()
             .any(|own| own.contains(net) || net.contains(own))
         {
-            return Err(Refusal::OwnPodCidr);
+            return Decision::Refused(Refusal::OwnPodCidr);
         }
-        match &self.policy.rules {
-            Some(rules) if rules.iter().any(|r| r.matches(net)) => Ok(()),
-            Some(_) => Err(Refusal::NotInPrefixList),
-            None if self.ebgp => Err(Refusal::NoPolicyOnEbgp),
-            None => Ok(()),
+        // The prefix list, when there is one, is a gate for everything.
+        if let Some(list) = &self.policy.prefixes
+            && !list.iter().any(|p| p.matches(net))
+        {
+            return Decision::Refused(Refusal::NotInPrefixList);
+        }
+        let rule = match first_match(&self.policy.rules, Source::Learned, net, &r.attrs) {
+            Some((_, rule)) if rule.action == Action::Reject => {
+                return Decision::Refused(Refusal::RejectedByRule);
+            }
+            Some((i, rule)) => (!rule.set.is_empty()).then_some(i),
+            // RFC 8212: on eBGP, nothing comes in that no policy lets in.
+            None if self.ebgp && self.policy.prefixes.is_none() => {
+                return Decision::Refused(Refusal::NoPolicyOnEbgp);
+            }
+            None => None,
+        };
+        Decision::Accept {
+            rule,
+            // RFC 8326 4.2: a route marked for graceful shutdown gets the lowest preference.
+            graceful_shutdown: r.attrs.communities.contains(&community::GRACEFUL_SHUTDOWN),
         }
     }
 
+    /// The outcome of a decision for the route's attributes.
+    pub fn apply(&self, r: &RouteAttrs, d: Decision) -> Imported {
+        match d {
+            Decision::Refused(why) => Imported::Refused(why),
+            Decision::Accept {
+                rule: None,
+                graceful_shutdown: false,
+            } => Imported::Accepted,
+            Decision::Accept {
+                rule,
+                graceful_shutdown,
+            } => {
+                let mut c = r.clone();
+                if let Some(rule) = rule.and_then(|i| self.policy.rules.get(i)) {
+                    rule.set.apply(&mut c.attrs);
+                }
+                if graceful_shutdown {
+                    c.attrs.local_pref = Some(0);
+                }
+                Imported::Changed(c)
+            }
+        }
+    }
+
+    /// The whole decision for one prefix.
+    pub fn import(&self, net: &IpNet, r: &RouteAttrs) -> Imported {
+        self.apply(r, self.decide(net, r))
+    }
+
     pub fn accept(&self, net: &IpNet, r: &RouteAttrs) -> bool {
-        self.check_attrs(r).is_ok() && self.check_prefix(net).is_ok()
+        !matches!(self.import(net, r), Imported::Refused(_))
+    }
+}
+
+/// The next hop of an outgoing route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutNextHop {
+    /// Our own address on the session (or the configured `next_hop_ipv4`/`_ipv6`).
+    Local,
+    /// As the path has it (a learned route to an iBGP peer).
+    Unchanged(NextHop),
+}
+
+/// A route as it goes out to a peer: its attributes and its next hop. Interned, so that
+/// every prefix (and every peer) with the same outcome shares one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct OutRoute {
+    pub attrs: PathAttrs,
+    pub next_hop: OutNextHop,
+}
+
+/// A path the Loc-RIB selected, as export sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    pub source: Source,
+    pub attrs: &'a RouteAttrs,
+    /// The peer it was learned from (`None` for the node's own routes), and whether that
+    /// session is iBGP.
+    pub from: Option<(crate::rib::PeerId, bool)>,
+}
+
+/// Everything the export decision needs about the receiving peer.
+#[derive(Debug, Clone)]
+pub struct ExportContext<'a> {
+    pub local_asn: u32,
+    pub peer: crate::rib::PeerId,
+    pub ebgp: bool,
+    pub policy: &'a ExportPolicy,
+}
+
+impl ExportContext<'_> {
+    /// What to send this peer for `prefix` whose best path is `c` (`None`: nothing, a
+    /// withdrawal if something was sent before).
+    pub fn export(&self, prefix: &IpNet, c: &Candidate<'_>) -> Option<OutRoute> {
+        let a = &c.attrs.attrs;
+        if let Some((from, from_ibgp)) = c.from
+            && (from == self.peer || (from_ibgp && !self.ebgp))
+        {
+            return None;
+        }
+        if a.communities.contains(&community::NO_ADVERTISE) {
+            return None;
+        }
+        if self.ebgp
+            && a.communities
+                .iter()
+                .any(|x| *x == community::NO_EXPORT || *x == community::NO_EXPORT_SUBCONFED)
+        {
+            return None;
+        }
+        let set = match first_match(&self.policy.rules, c.source, prefix, a) {
+            Some((_, r)) if r.action == Action::Reject => return None,
+            Some((_, r)) => Some(&r.set),
+            None if c.source.is_local() => None,
+            None => return None,
+        };
+        let mut out = PathAttrs {
+            origin: if c.source.is_local() {
+                Origin::Igp
+            } else {
+                a.origin
+            },
+            as_path: if c.source.is_local() {
+                AsPath::default()
+            } else {
+                a.as_path.clone()
+            },
+            atomic_aggregate: a.atomic_aggregate,
+            aggregator: a.aggregator,
+            communities: a.communities.clone(),
+            large_communities: a.large_communities.clone(),
+            ext_communities: a.ext_communities.clone(),
+            unknown: a.unknown.clone(),
+            ..Default::default()
+        };
+        // MED: ours to set; a received one stays inside the AS (RFC 4271 5.1.4). The
+        // node's own routes carry the one their source gave them.
+        if !self.ebgp || c.source.is_local() {
+            out.med = a.med;
+        }
+        if let Some(s) = set {
+            s.apply(&mut out);
+        }
+        if self.ebgp {
+            for _ in 0..=set.map(|s| s.prepend).unwrap_or(0) {
+                out.as_path.prepend(self.local_asn);
+            }
+            out.local_pref = None;
+            // Non-transitive extended communities stay in the AS (RFC 4360 2).
+            out.ext_communities.retain(|e| (e >> 56) as u8 & 0x40 == 0);
+        } else {
+            out.local_pref = Some(
+                set.and_then(|s| s.local_pref)
+                    .or(a.local_pref)
+                    .unwrap_or(DEFAULT_LOCAL_PREF),
+            );
+        }
+        let next_hop = if self.ebgp || c.source.is_local() {
+            OutNextHop::Local
+        } else {
+            OutNextHop::Unchanged(c.attrs.next_hop)
+        };
+        Some(OutRoute {
+            attrs: out,
+            next_hop,
+        })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::wire::{AsPath, NextHop, PathAttrs};
-
-    fn attrs(path: &[u32]) -> RouteAttrs {
-        RouteAttrs {
-            attrs: PathAttrs {
-                as_path: AsPath::sequence(path.to_vec()),
-                ..Default::default()
-            },
-            next_hop: NextHop::V4("198.51.100.1".parse().unwrap()),
-        }
-    }
-
-    /// A policy of one prefix-list entry.
-    fn list(prefix: &str, ge: u8, le: u8) -> ImportPolicy {
-        ImportPolicy {
-            rules: Some(vec![PrefixRule {
-                prefix: prefix.parse().unwrap(),
-                ge,
-                le,
-            }]),
-            max_prefixes: None,
-        }
-    }
-
-    fn ctx<'a>(policy: &'a ImportPolicy, own: &'a [IpNet], ebgp: bool) -> ImportContext<'a> {
-        ImportContext {
-            local_asn: 65002,
-            router_id: "192.0.2.2".parse().unwrap(),
-            ebgp,
-            own_prefixes: own,
-            local_addresses: &[],
-            policy,
-        }
-    }
-
-    #[test]
-    fn rfc8212_ebgp_default_deny_ibgp_default_accept() {
-        let p = ImportPolicy::default();
-        let n: IpNet = "203.0.113.0/24".parse().unwrap();
-        assert!(!ctx(&p, &[], true).accept(&n, &attrs(&[65001])));
-        assert!(ctx(&p, &[], false).accept(&n, &attrs(&[])));
-    }
-
-    #[test]
-    fn prefix_list_with_ge_le() {
-        let p = list("10.0.0.0/8", 16, 24);
-        let c = ctx(&p, &[], true);
-        let a = attrs(&[65001]);
-        assert!(c.accept(&"10.1.0.0/16".parse().unwrap(), &a));
-        assert!(c.accept(&"10.1.2.0/24".parse().unwrap(), &a));
-        assert!(!c.accept(&"10.0.0.0/8".parse().unwrap(), &a));
-        assert!(!c.accept(&"10.1.2.128/25".parse().unwrap(), &a));
-        assert!(!c.accept(&"11.0.0.0/16".parse().unwrap(), &a));
-    }
-
-    #[test]
-    fn own_pod_cidr_never_accepted() {
-        let p = list("0.0.0.0/0", 0, 32);
-        let own: Vec<IpNet> = vec!["10.244.2.0/24".parse().unwrap()];
-        let c = ctx(&p, &own, true);
-        let a = attrs(&[65001]);
-        for refused in [
-            "10.244.2.0/24",
-            "10.244.2.7/32",
-            "10.244.0.0/16",
-            "0.0.0.0/0",
-        ] {
-            assert_eq!(
-                c.check_prefix(&refused.parse().unwrap()),
-                Err(Refusal::OwnPodCidr),
-                "{refused}"
-            );
-        }
-        assert!(c.accept(&"10.244.3.0/24".parse().unwrap(), &a));
-    }
-
-    #[test]
-    fn loops_refused() {
-        let p = list("0.0.0.0/0", 0, 32);
-        let c = ctx(&p, &[], true);
-        assert_eq!(
-            c.check_attrs(&attrs(&[65001, 65002, 65003])),
-            Err(Refusal::AsLoop)
-        );
-        let mut r = attrs(&[]);
-        r.attrs.originator_id = Some("192.0.2.2".parse().unwrap());
-        assert_eq!(
-            ctx(&p, &[], false).check_attrs(&r),
-            Err(Refusal::OriginatorIsUs)
-        );
-    }
-}
+mod tests;

@@ -50,6 +50,69 @@ pub struct Config {
     pub fib: FibConfig,
     pub control: ControlConfig,
     pub metrics: MetricsConfig,
+    /// Static route source: prefixes announced as the node's own (`originate:`).
+    pub originate: Vec<Originate>,
+}
+
+/// One `originate:` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Originate {
+    pub prefix: IpNet,
+    pub communities: Vec<u32>,
+    pub large_communities: Vec<[u32; 3]>,
+    pub med: Option<u32>,
+}
+
+/// Where a route comes from, as rules match it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteSource {
+    PodCidrs,
+    Originate,
+    Services,
+    Learned,
+}
+
+/// What a rule does with a route it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RuleAction {
+    #[default]
+    Accept,
+    Reject,
+}
+
+/// A community pattern: `65000:100`, `65000:*`, or a well-known name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommunityMatch {
+    pub asn: Option<u16>,
+    pub value: Option<u16>,
+}
+
+/// The conditions of a rule (all given ones must hold; one listed community is enough).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuleMatch {
+    /// `None`: any source.
+    pub sources: Option<Vec<RouteSource>>,
+    pub prefixes: Option<Vec<PrefixRule>>,
+    pub communities: Vec<CommunityMatch>,
+    pub large_communities: Vec<[Option<u32>; 3]>,
+}
+
+/// What a rule changes on a route it accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuleSet {
+    pub communities: Vec<u32>,
+    pub large_communities: Vec<[u32; 3]>,
+    pub med: Option<u32>,
+    pub prepend: u8,
+    pub local_pref: Option<u32>,
+}
+
+/// One import or export rule; the first that matches decides.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rule {
+    pub matches: RuleMatch,
+    pub action: RuleAction,
+    pub set: RuleSet,
 }
 
 /// The node itself: who it is in BGP and which pod CIDRs it owns.
@@ -142,6 +205,9 @@ pub struct PeerConfig {
     /// Require an eBGP peer's routes to start with its own AS (RFC 4271 6.3; default on).
     /// Off for a route server, which passes routes on without prepending its AS.
     pub enforce_first_as: bool,
+    /// Export rules (first match decides; no match: the node's own routes go out, learned
+    /// ones do not).
+    pub export: Vec<Rule>,
 }
 
 impl PeerConfig {
@@ -158,6 +224,8 @@ pub struct ImportPolicy {
     pub prefixes: Option<Vec<PrefixRule>>,
     /// Tear the session down (Cease, RFC 4486 subcode 1) past this many accepted prefixes.
     pub max_prefixes: Option<u32>,
+    /// Import rules, applied to what passed `prefixes` (first match decides).
+    pub rules: Vec<Rule>,
 }
 
 /// `prefix` with optional `ge`/`le` bounds on the length, as in a prefix list.

@@ -16,6 +16,54 @@ pub(crate) struct RawConfig {
     pub fib: Option<S<RawFib>>,
     pub control: Option<S<RawControl>>,
     pub metrics: Option<S<RawMetrics>>,
+    pub originate: Option<S<Vec<S<RawOriginate>>>>,
+}
+
+/// A static route source entry (`originate:`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOriginate {
+    pub prefix: S<String>,
+    pub communities: Option<Vec<S<String>>>,
+    pub large_communities: Option<Vec<S<String>>>,
+    pub med: Option<S<i64>>,
+}
+
+/// One import or export rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRule {
+    #[serde(rename = "match")]
+    pub matches: Option<S<RawMatch>>,
+    pub action: Option<S<String>>,
+    pub set: Option<S<RawSet>>,
+}
+
+/// `source: pod_cidrs` or `source: [pod_cidrs, originate]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMatch {
+    pub source: Option<S<OneOrMany>>,
+    pub prefixes: Option<Vec<S<RawPrefixRule>>>,
+    pub communities: Option<Vec<S<String>>>,
+    pub large_communities: Option<Vec<S<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSet {
+    pub communities: Option<Vec<S<String>>>,
+    pub large_communities: Option<Vec<S<String>>>,
+    pub med: Option<S<i64>>,
+    pub prepend: Option<S<i64>>,
+    pub local_pref: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +100,7 @@ pub(crate) struct RawPeer {
     pub next_hop_ipv6: Option<S<String>>,
     pub graceful_restart: Option<bool>,
     pub enforce_first_as: Option<bool>,
+    pub export: Option<S<Vec<S<RawRule>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +108,7 @@ pub(crate) struct RawPeer {
 pub(crate) struct RawImport {
     pub prefixes: Option<Vec<S<RawPrefixRule>>>,
     pub max_prefixes: Option<S<i64>>,
+    pub rules: Option<Vec<S<RawRule>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -189,6 +189,11 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig, base: Option<&Path>) -> Config {
                 .and_then(|m| m.value.address.as_ref())
                 .and_then(|a| cx.parse::<SocketAddr>(a, "metrics address (want ip:port)")),
         },
+        originate: raw
+            .originate
+            .as_ref()
+            .map(|l| originate(cx, l, &pod_cidrs))
+            .unwrap_or_default(),
     }
 }
 
@@ -499,6 +504,16 @@ fn peer(
         None => ImportPolicy::default(),
         Some(imp) => import(cx, &imp.value),
     };
+    let export = p
+        .export
+        .as_ref()
+        .map(|list| {
+            list.value
+                .iter()
+                .filter_map(|r| rule(cx, r, RuleKind::Export))
+                .collect()
+        })
+        .unwrap_or_default();
     let next_hop_ipv4 = p
         .next_hop_ipv4
         .as_ref()
@@ -530,6 +545,7 @@ fn peer(
         next_hop_ipv6,
         graceful_restart: p.graceful_restart.unwrap_or(bgp.graceful_restart.enabled),
         enforce_first_as: p.enforce_first_as.unwrap_or(true),
+        export,
     })
 }
 
@@ -543,10 +559,263 @@ fn import(cx: &mut Ctx<'_>, raw: &RawImport) -> ImportPolicy {
         .max_prefixes
         .as_ref()
         .and_then(|m| cx.int::<u32>(m, 1, u32::MAX as i64, "max_prefixes"));
+    let rules = raw
+        .rules
+        .as_ref()
+        .map(|list| {
+            list.iter()
+                .filter_map(|r| rule(cx, r, RuleKind::Import))
+                .collect()
+        })
+        .unwrap_or_default();
     ImportPolicy {
         prefixes,
         max_prefixes,
+        rules,
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RuleKind {
+    Import,
+    Export,
+}
+
+/// Well-known communities by name (RFC 1997, RFC 8326, RFC 7999).
+fn well_known_community(name: &str) -> Option<u32> {
+    Some(match name {
+        "no_export" => 0xFFFF_FF01,
+        "no_advertise" => 0xFFFF_FF02,
+        "no_export_subconfed" => 0xFFFF_FF03,
+        "graceful_shutdown" => 0xFFFF_0000,
+        "blackhole" => 0xFFFF_029A,
+        _ => return None,
+    })
+}
+
+/// `ASN:VALUE` (each 0..=65535), a well-known name, or with `*` for either half when
+/// `pattern`.
+fn community(cx: &mut Ctx<'_>, v: &Spanned<String>, pattern: bool) -> Option<CommunityMatch> {
+    let text = v.value.trim();
+    if let Some(c) = well_known_community(text) {
+        return Some(CommunityMatch {
+            asn: Some((c >> 16) as u16),
+            value: Some(c as u16),
+        });
+    }
+    let part = |s: &str| -> Result<Option<u16>, ()> {
+        match s {
+            "*" if pattern => Ok(None),
+            _ => s.parse::<u16>().map(Some).map_err(|_| ()),
+        }
+    };
+    match text.split_once(':').map(|(a, b)| (part(a), part(b))) {
+        Some((Ok(asn), Ok(value))) => Some(CommunityMatch { asn, value }),
+        _ => {
+            cx.err(
+                v.referenced,
+                format!(
+                    "invalid community {:?} (want ASN:VALUE, each 0 to 65535{}, or no_export, no_advertise, no_export_subconfed, graceful_shutdown, blackhole)",
+                    v.value,
+                    if pattern { ", * for any" } else { "" }
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn exact_community(cx: &mut Ctx<'_>, v: &Spanned<String>) -> Option<u32> {
+    community(cx, v, false)
+        .map(|c| ((c.asn.unwrap_or(0) as u32) << 16) | c.value.unwrap_or(0) as u32)
+}
+
+/// `GLOBAL:LOCAL1:LOCAL2` (RFC 8092, each 0 to 4294967295), `*` for any part when `pattern`.
+fn large_community(
+    cx: &mut Ctx<'_>,
+    v: &Spanned<String>,
+    pattern: bool,
+) -> Option<[Option<u32>; 3]> {
+    let parts: Vec<&str> = v.value.trim().split(':').collect();
+    let mut out = [None; 3];
+    let ok = parts.len() == 3
+        && parts.iter().zip(out.iter_mut()).all(|(p, o)| match *p {
+            "*" if pattern => true,
+            p => p.parse::<u32>().map(|x| *o = Some(x)).is_ok(),
+        });
+    if !ok {
+        cx.err(
+            v.referenced,
+            format!(
+                "invalid large community {:?} (want GLOBAL:LOCAL1:LOCAL2, each 0 to 4294967295{})",
+                v.value,
+                if pattern { ", * for any" } else { "" }
+            ),
+        );
+        return None;
+    }
+    Some(out)
+}
+
+fn exact_large(cx: &mut Ctx<'_>, v: &Spanned<String>) -> Option<[u32; 3]> {
+    large_community(cx, v, false).map(|p| p.map(|x| x.unwrap_or(0)))
+}
+
+fn rule(cx: &mut Ctx<'_>, raw: &Spanned<RawRule>, kind: RuleKind) -> Option<Rule> {
+    let before = cx.problems.len();
+    let r = &raw.value;
+    let mut out = Rule::default();
+    if let Some(a) = &r.action {
+        out.action = match a.value.as_str() {
+            "accept" => RuleAction::Accept,
+            "reject" => RuleAction::Reject,
+            other => {
+                cx.err(
+                    a.referenced,
+                    format!("unknown action {other:?} (want accept or reject)"),
+                );
+                RuleAction::Accept
+            }
+        };
+    }
+    if let Some(m) = &r.matches {
+        let m = &m.value;
+        if let Some(src) = &m.source {
+            let names: Vec<&str> = match &src.value {
+                OneOrMany::One(s) => vec![s.as_str()],
+                OneOrMany::Many(v) => v.iter().map(|s| s.as_str()).collect(),
+            };
+            let mut sources = Vec::new();
+            let mut any = false;
+            for n in names {
+                match n {
+                    "pod_cidrs" => sources.push(RouteSource::PodCidrs),
+                    "originate" => sources.push(RouteSource::Originate),
+                    "services" => sources.push(RouteSource::Services),
+                    "learned" => sources.push(RouteSource::Learned),
+                    "any" => any = true,
+                    other => cx.err(
+                        src.referenced,
+                        format!(
+                            "unknown source {other:?} (want pod_cidrs, originate, services, learned or any)"
+                        ),
+                    ),
+                }
+            }
+            if kind == RuleKind::Import {
+                cx.err(
+                    src.referenced,
+                    "import rules see learned routes only: `source` is for export rules",
+                );
+            }
+            out.matches.sources = (!any).then_some(sources);
+        }
+        if let Some(list) = &m.prefixes {
+            out.matches.prefixes = Some(
+                list.iter()
+                    .filter_map(|p| prefix_rule(cx, &p.value))
+                    .collect(),
+            );
+        }
+        for c in m.communities.iter().flatten() {
+            if let Some(c) = community(cx, c, true) {
+                out.matches.communities.push(c);
+            }
+        }
+        for c in m.large_communities.iter().flatten() {
+            if let Some(c) = large_community(cx, c, true) {
+                out.matches.large_communities.push(c);
+            }
+        }
+    }
+    if let Some(set) = &r.set {
+        if out.action == RuleAction::Reject {
+            cx.err(
+                set.referenced,
+                "a rule that rejects cannot also set attributes",
+            );
+        }
+        let st = &set.value;
+        for c in st.communities.iter().flatten() {
+            if let Some(c) = exact_community(cx, c) {
+                out.set.communities.push(c);
+            }
+        }
+        for c in st.large_communities.iter().flatten() {
+            if let Some(c) = exact_large(cx, c) {
+                out.set.large_communities.push(c);
+            }
+        }
+        out.set.med = st
+            .med
+            .as_ref()
+            .and_then(|m| cx.int::<u32>(m, 0, u32::MAX as i64, "med"));
+        out.set.local_pref = st
+            .local_pref
+            .as_ref()
+            .and_then(|m| cx.int::<u32>(m, 0, u32::MAX as i64, "local_pref"));
+        if let Some(p) = &st.prepend {
+            if kind == RuleKind::Import {
+                cx.err(p.referenced, "prepend applies to export rules only");
+            }
+            out.set.prepend = cx.int::<u8>(p, 0, 16, "prepend").unwrap_or(0);
+        }
+    }
+    (cx.problems.len() == before).then_some(out)
+}
+
+fn originate(
+    cx: &mut Ctx<'_>,
+    list: &Spanned<Vec<Spanned<RawOriginate>>>,
+    pods: &[IpNet],
+) -> Vec<Originate> {
+    let mut out: Vec<Originate> = Vec::new();
+    for e in &list.value {
+        let o = &e.value;
+        let Some(prefix) = cx.cidr(&o.prefix, "originate prefix") else {
+            continue;
+        };
+        if out.iter().any(|x| x.prefix == prefix) {
+            cx.err(
+                o.prefix.referenced,
+                format!("originate prefix {prefix} listed twice"),
+            );
+            continue;
+        }
+        if let Some(p) = pods
+            .iter()
+            .find(|p| p.contains(&prefix) || prefix.contains(*p))
+        {
+            cx.err(
+                o.prefix.referenced,
+                format!("originate prefix {prefix} overlaps the pod CIDR {p}, which is announced already"),
+            );
+            continue;
+        }
+        let communities = o
+            .communities
+            .iter()
+            .flatten()
+            .filter_map(|c| exact_community(cx, c))
+            .collect();
+        let large_communities = o
+            .large_communities
+            .iter()
+            .flatten()
+            .filter_map(|c| exact_large(cx, c))
+            .collect();
+        let med = o
+            .med
+            .as_ref()
+            .and_then(|m| cx.int::<u32>(m, 0, u32::MAX as i64, "med"));
+        out.push(Originate {
+            prefix,
+            communities,
+            large_communities,
+            med,
+        });
+    }
+    out
 }
 
 fn prefix_rule(cx: &mut Ctx<'_>, r: &RawPrefixRule) -> Option<PrefixRule> {

@@ -193,3 +193,63 @@ fn kubernetes_mode() {
         ["p.yaml:4:19: unknown pod_cidrs_from \"etcd\" (the only source is \"kubernetes\")"]
     );
 }
+
+#[test]
+fn routing_core_example_is_accepted_as_written() {
+    use petrel_config::{CommunityMatch, RouteSource, RuleAction};
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/routing-core-example.yaml"
+    );
+    let cfg = load(path).unwrap();
+    let c = |a: u32, b: u32| (a << 16) | b;
+    assert_eq!(cfg.originate.len(), 1);
+    assert_eq!(cfg.originate[0].prefix.to_string(), "198.51.100.0/24");
+    assert_eq!(cfg.originate[0].communities, vec![c(65000, 300)]);
+    let tor = &cfg.peers[0];
+    let e = &tor.export[0];
+    assert_eq!(e.matches.sources, Some(vec![RouteSource::PodCidrs]));
+    assert_eq!(e.action, RuleAction::Accept);
+    assert_eq!(e.set.communities, vec![c(65000, 100)]);
+    assert_eq!(e.set.large_communities, vec![[65000, 1, 2]]);
+    assert_eq!((e.set.med, e.set.prepend), (Some(50), 2));
+    let r = &tor.import.rules;
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[0].action, RuleAction::Reject);
+    assert_eq!(
+        r[0].matches.communities,
+        vec![CommunityMatch {
+            asn: Some(65001),
+            value: Some(666)
+        }]
+    );
+    assert_eq!(
+        r[1].matches.large_communities,
+        vec![[Some(65001), Some(10), None]]
+    );
+    assert_eq!(r[1].set.local_pref, Some(200));
+    assert_eq!(tor.import.prefixes.as_ref().unwrap().len(), 1);
+}
+
+#[test]
+fn rule_mistakes_are_located() {
+    let text = format!(
+        "{HEAD}originate:\n  - {{ prefix: 10.244.2.0/25 }}\n  - {{ prefix: 198.51.100.7/24 }}\n  - {{ prefix: 203.0.113.0/24, communities: [\"65000:70000\"] }}\npeers:\n  - name: tor\n    address: 192.0.2.1\n    asn: 65001\n    export:\n      - match: {{ source: pods }}\n      - match: {{ communities: [\"x:1\"] }}\n        action: reject\n        set: {{ med: 5 }}\n      - set: {{ prepend: 40, large_communities: [\"1:2\"] }}\n      - action: drop\n    import:\n      rules:\n        - match: {{ source: learned }}\n        - set: {{ prepend: 1 }}\n"
+    );
+    assert_eq!(
+        problems(&text),
+        vec![
+            "p.yaml:6:15: originate prefix 10.244.2.0/25 overlaps the pod CIDR 10.244.2.0/24, which is announced already",
+            "p.yaml:7:15: originate prefix 198.51.100.7/24 has host bits set (did you mean 198.51.100.0/24?)",
+            "p.yaml:8:45: invalid community \"65000:70000\" (want ASN:VALUE, each 0 to 65535, or no_export, no_advertise, no_export_subconfed, graceful_shutdown, blackhole)",
+            "p.yaml:14:26: unknown source \"pods\" (want pod_cidrs, originate, services, learned or any)",
+            "p.yaml:15:32: invalid community \"x:1\" (want ASN:VALUE, each 0 to 65535, * for any, or no_export, no_advertise, no_export_subconfed, graceful_shutdown, blackhole)",
+            "p.yaml:17:14: a rule that rejects cannot also set attributes",
+            "p.yaml:18:25: prepend 40 out of range (0..=16)",
+            "p.yaml:18:49: invalid large community \"1:2\" (want GLOBAL:LOCAL1:LOCAL2, each 0 to 4294967295)",
+            "p.yaml:19:17: unknown action \"drop\" (want accept or reject)",
+            "p.yaml:22:28: import rules see learned routes only: `source` is for export rules",
+            "p.yaml:23:27: prepend applies to export rules only",
+        ]
+    );
+}

@@ -23,8 +23,8 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 /// Where a route sends its packets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// Through these gateways (several: ECMP).
-    Via(Vec<IpAddr>),
+    /// Through these gateways (several: ECMP), sorted; shared by the routes that use them.
+    Via(std::sync::Arc<Vec<IpAddr>>),
     /// Dropped silently.
     Blackhole,
     /// Dropped with an ICMP unreachable.
@@ -47,6 +47,21 @@ pub enum RouteOp {
     Delete {
         prefix: IpNet,
     },
+}
+
+impl Target {
+    /// The same route in the kernel's eyes (gateway order aside).
+    pub fn same_as(&self, other: &Target) -> bool {
+        match (self, other) {
+            (Target::Via(a), Target::Via(b)) => {
+                let (mut a, mut b) = (a.to_vec(), b.to_vec());
+                a.sort();
+                b.sort();
+                a == b
+            }
+            (a, b) => a == b,
+        }
+    }
 }
 
 impl RouteOp {
@@ -76,6 +91,8 @@ pub struct RouteTag {
 
 pub struct Netlink {
     sock: Socket,
+    /// Our netlink port id: the kernel's notifications of our own changes carry it.
+    pub port: u32,
     seq: u32,
     tag: RouteTag,
     buf: Vec<u8>,
@@ -88,7 +105,7 @@ const BATCH_BYTES: usize = 60 * 1024;
 impl Netlink {
     pub fn open(tag: RouteTag) -> io::Result<Netlink> {
         let mut sock = Socket::new(NETLINK_ROUTE)?;
-        sock.bind_auto()?;
+        let port = sock.bind_auto()?.port_number();
         sock.connect(&SocketAddr::new(0, 0))?;
         // ACKs without the request echoed back; room for a whole batch of them.
         sock.set_cap_ack(true)?;
@@ -96,6 +113,7 @@ impl Netlink {
         let _ = sock.set_rx_buf_sz(4 * 1024 * 1024);
         Ok(Netlink {
             sock,
+            port,
             seq: 1,
             tag,
             buf: Vec::with_capacity(BATCH_BYTES + 4096),
@@ -353,7 +371,7 @@ pub fn parse_route(r: &RouteMessage, tag: &RouteTag) -> Option<KernelRoute> {
         RouteType::Unreachable => Target::Unreachable,
         _ => {
             gws.sort();
-            Target::Via(gws)
+            Target::Via(std::sync::Arc::new(gws))
         }
     };
     Some(KernelRoute { prefix, target })
@@ -374,40 +392,29 @@ fn addr(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-/// Let only RTM_DELROUTE messages reach `sock` (a classic BPF socket filter): route
-/// additions, ours included, are then dropped by the kernel instead of waking us up.
-pub fn only_deletions(sock: &Socket) -> io::Result<()> {
+/// Let only RTM_DELROUTE messages reach `sock` (a classic BPF socket filter), and of those
+/// only the ones not caused by the netlink socket with port id `ours`: route additions and
+/// our own deletions are then dropped by the kernel instead of waking us up.
+pub fn only_deletions(sock: &Socket, ours: u32) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     const RTM_DELROUTE: u16 = 25;
-    // BPF reads half-words big-endian; nlmsg_type is in host order.
+    // BPF reads half-words and words big-endian; the netlink header is in host order.
     let k = u16::from_be_bytes(RTM_DELROUTE.to_ne_bytes()) as u32;
+    let pid = u32::from_be_bytes(ours.to_ne_bytes());
+    let f = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
     let mut code = [
         // A = nlmsg_type (bytes 4..6 of the message)
-        libc::sock_filter {
-            code: 0x28,
-            jt: 0,
-            jf: 0,
-            k: 4,
-        },
-        // if A == RTM_DELROUTE accept, else drop
-        libc::sock_filter {
-            code: 0x15,
-            jt: 0,
-            jf: 1,
-            k,
-        },
-        libc::sock_filter {
-            code: 0x06,
-            jt: 0,
-            jf: 0,
-            k: 0xffff_ffff,
-        },
-        libc::sock_filter {
-            code: 0x06,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
+        f(0x28, 0, 0, 4),
+        // if A != RTM_DELROUTE: drop
+        f(0x15, 0, 3, k),
+        // A = nlmsg_pid (bytes 12..16): the port that asked for the change
+        f(0x20, 0, 0, 12),
+        // if A == ours: drop
+        f(0x15, 1, 0, pid),
+        // accept
+        f(0x06, 0, 0, 0xffff_ffff),
+        // drop
+        f(0x06, 0, 0, 0),
     ];
     let prog = libc::sock_fprog {
         len: code.len() as u16,

@@ -12,6 +12,9 @@ pub const DEFAULT_LOCAL_PREF: u32 = 100;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
+    /// The node's own route wins over learned ones (pod CIDRs first, then Services, then
+    /// `originate`).
+    Source,
     LocalPref,
     AsPathLength,
     Origin,
@@ -28,6 +31,7 @@ pub enum Reason {
 impl Reason {
     pub fn describe(self) -> &'static str {
         match self {
+            Reason::Source => "the node's own route is preferred",
             Reason::LocalPref => "higher local preference",
             Reason::AsPathLength => "shorter AS path",
             Reason::Origin => "lower origin",
@@ -73,7 +77,8 @@ impl Candidate<'_> {
 
 /// Compare `a` and `b`: `Less` means `a` is preferred. Returns the deciding step.
 pub(crate) fn compare(a: &Candidate<'_>, b: &Candidate<'_>) -> (Ordering, Reason) {
-    let steps: [(Ordering, Reason); 9] = [
+    let steps: [(Ordering, Reason); 10] = [
+        (a.path.source.cmp(&b.path.source), Reason::Source),
         (b.local_pref().cmp(&a.local_pref()), Reason::LocalPref),
         (
             a.path

@@ -13,13 +13,34 @@ fn peer(name: &str, addr: &str, id: [u8; 4], ebgp: bool) -> PeerInfo {
 }
 
 fn route(nh: &str, path: &[u32]) -> Arc<RouteAttrs> {
-    Arc::new(RouteAttrs {
-        attrs: PathAttrs {
+    Arc::new(RouteAttrs::new(
+        PathAttrs {
             as_path: AsPath::sequence(path.to_vec()),
             ..Default::default()
         },
-        next_hop: NextHop::V4(nh.parse().unwrap()),
-    })
+        NextHop::V4(nh.parse().unwrap()),
+    ))
+}
+
+/// An accepted path.
+fn ok(a: Arc<RouteAttrs>) -> Verdict {
+    Verdict {
+        attrs: a,
+        refusal: None,
+    }
+}
+
+/// A path import policy refused.
+fn refused(a: Arc<RouteAttrs>) -> Verdict {
+    Verdict {
+        attrs: a,
+        refusal: Some(Refusal::NotInPrefixList),
+    }
+}
+
+/// (prefix, next hops) of each change.
+fn hops(out: &[RibChange]) -> Vec<(IpNet, Vec<NextHop>)> {
+    out.iter().map(|c| (c.prefix, c.next_hops())).collect()
 }
 
 fn with(f: impl FnOnce(&mut PathAttrs), nh: &str, path: &[u32]) -> Arc<RouteAttrs> {
@@ -49,37 +70,24 @@ fn announce_withdraw_reports_changes() {
     r.announce(
         0,
         P.parse().unwrap(),
-        route("198.51.100.1", &[65001]),
-        true,
+        ok(route("198.51.100.1", &[65001])),
         &mut out,
     );
     assert_eq!(
-        out,
-        vec![RibChange {
-            prefix: P.parse().unwrap(),
-            next_hops: vec![nh("198.51.100.1")],
-            previous: 0
-        }]
+        hops(&out),
+        vec![(P.parse().unwrap(), vec![nh("198.51.100.1")])]
     );
     out.clear();
     // The same route again changes nothing.
     r.announce(
         0,
         P.parse().unwrap(),
-        route("198.51.100.1", &[65001]),
-        true,
+        ok(route("198.51.100.1", &[65001])),
         &mut out,
     );
     assert!(out.is_empty());
     r.withdraw(0, P.parse().unwrap(), &mut out);
-    assert_eq!(
-        out,
-        vec![RibChange {
-            prefix: P.parse().unwrap(),
-            next_hops: vec![],
-            previous: 1
-        }]
-    );
+    assert_eq!(hops(&out), vec![(P.parse().unwrap(), vec![])]);
     assert!(r.is_empty());
     assert_eq!(r.counts(0), PeerCounts::default());
 }
@@ -91,50 +99,42 @@ fn equal_paths_from_two_peers_make_ecmp() {
     r.announce(
         0,
         P.parse().unwrap(),
-        route("198.51.100.1", &[65001, 65100]),
-        true,
+        ok(route("198.51.100.1", &[65001, 65100])),
         &mut out,
     );
     r.announce(
         1,
         P.parse().unwrap(),
-        route("198.51.100.3", &[65003, 65100]),
-        true,
+        ok(route("198.51.100.3", &[65003, 65100])),
         &mut out,
     );
     assert_eq!(
-        out.last().unwrap().next_hops,
+        out.last().unwrap().next_hops(),
         vec![nh("198.51.100.1"), nh("198.51.100.3")]
     );
     out.clear();
     r.withdraw(0, P.parse().unwrap(), &mut out);
     assert_eq!(
-        out,
-        vec![RibChange {
-            prefix: P.parse().unwrap(),
-            next_hops: vec![nh("198.51.100.3")],
-            previous: 2
-        }]
+        hops(&out),
+        vec![(P.parse().unwrap(), vec![nh("198.51.100.3")])]
     );
 }
 
 #[test]
 fn max_paths_limits_ecmp() {
     let mut r = rib();
-    r.max_paths = 1;
+    r.set_max_paths(1);
     let mut out = Vec::new();
     r.announce(
         0,
         P.parse().unwrap(),
-        route("198.51.100.1", &[65001]),
-        true,
+        ok(route("198.51.100.1", &[65001])),
         &mut out,
     );
     r.announce(
         1,
         P.parse().unwrap(),
-        route("198.51.100.3", &[65003]),
-        true,
+        ok(route("198.51.100.3", &[65003])),
         &mut out,
     );
     // Tie broken on router id: 1.1.1.1 < 3.3.3.3.
@@ -170,11 +170,11 @@ fn decision_steps_in_order() {
     ];
     for (win, lose, why) in cases {
         let mut r = rib();
-        r.max_paths = 1;
+        r.set_max_paths(1);
         let mut out = Vec::new();
         // Give the loser the better router id so that only the step under test decides.
-        r.announce(1, p, win.clone(), true, &mut out);
-        r.announce(0, p, lose, true, &mut out);
+        r.announce(1, p, ok(win.clone()), &mut out);
+        r.announce(0, p, ok(lose), &mut out);
         assert_eq!(r.next_hops(&p), vec![win.next_hop], "{why}");
         let v = &r.view()[0];
         assert_eq!(v.paths[1].lost_on, Some(why));
@@ -189,15 +189,13 @@ fn med_from_different_neighbours_is_not_compared() {
     r.announce(
         0,
         p,
-        with(|a| a.med = Some(50), "198.51.100.1", &[7]),
-        true,
+        ok(with(|a| a.med = Some(50), "198.51.100.1", &[7])),
         &mut out,
     );
     r.announce(
         1,
         p,
-        with(|a| a.med = Some(10), "198.51.100.3", &[8]),
-        true,
+        ok(with(|a| a.med = Some(10), "198.51.100.3", &[8])),
         &mut out,
     );
     // Not comparable: both stay in the ECMP set.
@@ -212,11 +210,10 @@ fn ebgp_over_ibgp() {
     r.announce(
         2,
         p,
-        with(|a| a.local_pref = Some(100), "198.51.100.4", &[9]),
-        true,
+        ok(with(|a| a.local_pref = Some(100), "198.51.100.4", &[9])),
         &mut out,
     );
-    r.announce(1, p, route("198.51.100.3", &[9]), true, &mut out);
+    r.announce(1, p, ok(route("198.51.100.3", &[9])), &mut out);
     assert_eq!(r.next_hops(&p), vec![nh("198.51.100.3")]);
 }
 
@@ -225,18 +222,17 @@ fn refused_paths_are_kept_but_never_selected() {
     let p: IpNet = P.parse().unwrap();
     let mut r = rib();
     let mut out = Vec::new();
-    r.announce(0, p, route("198.51.100.1", &[1]), false, &mut out);
+    r.announce(0, p, refused(route("198.51.100.1", &[1])), &mut out);
     assert!(out.is_empty());
+    let c = r.counts(0);
+    assert_eq!((c.received, c.accepted, c.stale), (1, 0, 0));
+    assert_eq!(c.refused[Refusal::NotInPrefixList.code() as usize - 1], 1);
     assert_eq!(
-        r.counts(0),
-        PeerCounts {
-            received: 1,
-            accepted: 0,
-            stale: 0
-        }
+        r.view()[0].paths[0].refused,
+        Some(Refusal::NotInPrefixList.describe())
     );
     // Policy changes: re-evaluate without asking the peer.
-    r.reevaluate(0, |_, _| true, &mut out);
+    r.reevaluate(0, |_, a| ok(a.clone()), &mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(r.counts(0).accepted, 1);
 }
@@ -248,51 +244,30 @@ fn graceful_restart_keeps_stale_until_end_of_rib() {
     let v6: IpNet = "2001:db8:1::/48".parse().unwrap();
     let mut r = rib();
     let mut out = Vec::new();
-    r.announce(0, a, route("198.51.100.1", &[1]), true, &mut out);
-    r.announce(0, b, route("198.51.100.1", &[1]), true, &mut out);
-    let six = Arc::new(RouteAttrs {
-        attrs: PathAttrs::default(),
-        next_hop: NextHop::V6 {
+    r.announce(0, a, ok(route("198.51.100.1", &[1])), &mut out);
+    r.announce(0, b, ok(route("198.51.100.1", &[1])), &mut out);
+    let six = Arc::new(RouteAttrs::new(
+        PathAttrs::default(),
+        NextHop::V6 {
             global: "2001:db8::1".parse().unwrap(),
             link_local: None,
         },
-    });
-    r.announce(0, v6, six, true, &mut out);
+    ));
+    r.announce(0, v6, ok(six), &mut out);
     out.clear();
     // Down, IPv4 kept over the restart, IPv6 not.
     r.peer_down(0, &[Afi::Ipv4], &mut out);
-    assert_eq!(
-        out,
-        vec![RibChange {
-            prefix: v6,
-            next_hops: vec![],
-            previous: 1
-        }],
-        "only IPv6 left the Loc-RIB"
-    );
+    assert_eq!(hops(&out), vec![(v6, vec![])], "only IPv6 left the Loc-RIB");
     assert_eq!(r.counts(0).stale, 2);
     out.clear();
     // The peer comes back and sends one of the two again: it is fresh, the other still stale.
-    r.announce(0, a, route("198.51.100.1", &[1]), true, &mut out);
-    assert!(out.is_empty(), "same next hop: no FIB change");
+    r.announce(0, a, ok(route("198.51.100.1", &[1])), &mut out);
+    assert!(out.is_empty(), "the same path again: no change");
     assert_eq!(r.counts(0).stale, 1);
     r.sweep_stale(0, Some(Afi::Ipv4), &mut out);
-    assert_eq!(
-        out,
-        vec![RibChange {
-            prefix: b,
-            next_hops: vec![],
-            previous: 1
-        }]
-    );
-    assert_eq!(
-        r.counts(0),
-        PeerCounts {
-            received: 1,
-            accepted: 1,
-            stale: 0
-        }
-    );
+    assert_eq!(hops(&out), vec![(b, vec![])]);
+    let c = r.counts(0);
+    assert_eq!((c.received, c.accepted, c.stale), (1, 1, 0));
 }
 
 #[test]
@@ -301,13 +276,16 @@ fn peer_down_without_graceful_restart_removes_everything() {
     let mut out = Vec::new();
     for i in 0..100u32 {
         let p = IpNet::V4(Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24).unwrap());
-        r.announce(0, p, route("198.51.100.1", &[1]), true, &mut out);
-        r.announce(1, p, route("198.51.100.3", &[3]), true, &mut out);
+        r.announce(0, p, ok(route("198.51.100.1", &[1])), &mut out);
+        r.announce(1, p, ok(route("198.51.100.3", &[3])), &mut out);
     }
     out.clear();
     r.peer_down(0, &[], &mut out);
     assert_eq!(out.len(), 100);
-    assert!(out.iter().all(|c| c.next_hops == vec![nh("198.51.100.3")]));
+    assert!(
+        out.iter()
+            .all(|c| c.next_hops() == vec![nh("198.51.100.3")])
+    );
     r.peer_down(1, &[], &mut out);
     assert!(r.is_empty());
 }

@@ -1,7 +1,9 @@
 //! One TCP connection of a peer: a reader task that frames messages off the socket and a
-//! writer task that sends what the peer task queues. The reader notes the time of the last
-//! message it saw, so that a peer task slowed down by a busy RIB never mistakes a live peer
-//! for a dead one: the hold timer counts from the socket, not from the queue.
+//! writer task that sends the session's own messages and, once the session is Established,
+//! the routes waiting in the peer's [`OutQueue`], as fast as the peer's TCP window takes
+//! them. The reader notes the time of the last message it saw, so that a peer task slowed
+//! down by a busy RIB never mistakes a live peer for a dead one: the hold timer counts from
+//! the socket, not from the queue.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -9,45 +11,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::msg::{ConnEvent, ConnId, OutBatch, OutQueue, PeerCounters, WriterMsg};
 use super::sockopt::{self, TtlPolicy};
-use crate::fsm::Dir;
-use crate::wire::{self, Codec, DecodeError};
-
-/// Which connection an event is about: its slot and a generation number, so that events of
-/// a connection already replaced are recognised and dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ConnId {
-    pub dir: Dir,
-    pub generation: u64,
-}
-
-/// What a connection's reader reports.
-#[derive(Debug)]
-pub(crate) enum ConnEvent {
-    /// One whole message (header included).
-    Message(Bytes),
-    /// The byte stream cannot be framed; the error carries the NOTIFICATION.
-    Malformed(DecodeError),
-    /// End of stream or a socket error.
-    Closed(Option<io::Error>),
-}
+use crate::policy::OutNextHop;
+use crate::wire::{self, Afi, Codec, NextHop, Reach, UpdateMsg};
 
 /// Monotonic milliseconds since the first call, for cheap atomic timestamps.
 pub(crate) fn now_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
-
-enum WriterMsg {
-    Data(Vec<u8>),
-    Close,
 }
 
 pub(crate) struct Conn {
@@ -66,11 +45,13 @@ impl Conn {
         stream: TcpStream,
         id: ConnId,
         events: mpsc::Sender<(ConnId, ConnEvent)>,
+        queue: Arc<OutQueue>,
+        counters: Arc<PeerCounters>,
     ) -> io::Result<Conn> {
         stream.set_nodelay(true)?;
         let local = stream.local_addr()?;
         let remote = stream.peer_addr()?;
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, wr) = stream.into_split();
         let last_rx = Arc::new(AtomicU64::new(now_ms()));
         let rx_stamp = last_rx.clone();
         let reader = tokio::spawn(async move {
@@ -116,21 +97,8 @@ impl Conn {
                 }
             }
         });
-        let (wtx, mut wrx) = mpsc::unbounded_channel::<WriterMsg>();
-        tokio::spawn(async move {
-            while let Some(m) = wrx.recv().await {
-                match m {
-                    WriterMsg::Data(d) => {
-                        if wr.write_all(&d).await.is_err() {
-                            return;
-                        }
-                    }
-                    WriterMsg::Close => break,
-                }
-            }
-            // Whatever was queued before Close has been written: let it drain, then FIN.
-            let _ = tokio::time::timeout(Duration::from_secs(2), wr.shutdown()).await;
-        });
+        let (wtx, wrx) = mpsc::unbounded_channel::<WriterMsg>();
+        tokio::spawn(writer(wr, wrx, queue, counters));
         Ok(Conn {
             id,
             local,
@@ -145,11 +113,149 @@ impl Conn {
         let _ = self.writer.send(WriterMsg::Data(bytes));
     }
 
+    /// Tell the writer the session is Established on this connection.
+    pub fn established(&self, m: WriterMsg) {
+        let _ = self.writer.send(m);
+    }
+
     /// Stop reading; close once what is queued has been written.
     pub fn close(self) {
         self.reader.abort();
         let _ = self.writer.send(WriterMsg::Close);
     }
+}
+
+/// Most routes taken from the mailbox per write: a KEEPALIVE never waits behind more.
+const ROUTES_PER_WRITE: usize = 4096;
+
+async fn writer(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut ctl: mpsc::UnboundedReceiver<WriterMsg>,
+    queue: Arc<OutQueue>,
+    counters: Arc<PeerCounters>,
+) {
+    // Set once the session is Established on this connection.
+    let mut up: Option<(u64, Codec, Option<NextHop>, Option<NextHop>)> = None;
+    let mut more = false;
+    loop {
+        tokio::select! {
+            biased;
+            m = ctl.recv() => match m {
+                Some(WriterMsg::Data(d)) => {
+                    if wr.write_all(&d).await.is_err() {
+                        return;
+                    }
+                }
+                Some(WriterMsg::Established { session, codec, next_hop_v4, next_hop_v6 }) => {
+                    up = Some((session, codec, next_hop_v4, next_hop_v6));
+                    more = true;
+                }
+                Some(WriterMsg::Close) | None => break,
+            },
+            _ = queue.ready.notified(), if up.is_some() && !more => more = true,
+            _ = std::future::ready(()), if up.is_some() && more => {
+                let Some((session, codec, nh4, nh6)) = &up else { continue };
+                match queue.take(*session, ROUTES_PER_WRITE) {
+                    None => more = false,
+                    Some(b) => {
+                        let msgs = encode_batch(&b, codec, *nh4, *nh6);
+                        let n = msgs.len() as u64;
+                        let bytes: Vec<u8> = msgs.concat();
+                        if !bytes.is_empty() && wr.write_all(&bytes).await.is_err() {
+                            return;
+                        }
+                        PeerCounters::add(&counters.updates_out, n);
+                        PeerCounters::add(&counters.messages_out, n);
+                        for w in b.written {
+                            let _ = w.send(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Whatever was queued before Close has been written: let it drain, then FIN.
+    let _ = tokio::time::timeout(Duration::from_secs(2), wr.shutdown()).await;
+}
+
+/// The UPDATEs for one drain of the mailbox: withdrawals, then the announcements grouped by
+/// shared route (one attribute set, many prefixes), then End-of-RIB markers.
+pub(crate) fn encode_batch(
+    b: &OutBatch,
+    codec: &Codec,
+    nh4: Option<NextHop>,
+    nh6: Option<NextHop>,
+) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let withdrawn: Vec<ipnet::IpNet> = b
+        .routes
+        .iter()
+        .filter(|(_, r)| r.is_none())
+        .map(|(p, _)| *p)
+        .collect();
+    if !withdrawn.is_empty() {
+        out.extend(wire::encode_updates(
+            &UpdateMsg {
+                withdrawn,
+                ..Default::default()
+            },
+            codec,
+        ));
+    }
+    // Group by the shared route, keeping the order of first appearance.
+    let mut groups: Vec<(
+        &crate::policy::OutRoute,
+        Vec<ipnet::IpNet>,
+        Vec<ipnet::IpNet>,
+    )> = Vec::new();
+    let mut index: std::collections::HashMap<*const crate::policy::OutRoute, usize> =
+        std::collections::HashMap::new();
+    for (p, r) in &b.routes {
+        let Some(r) = r else { continue };
+        let i = *index.entry(Arc::as_ptr(r)).or_insert_with(|| {
+            groups.push((r, Vec::new(), Vec::new()));
+            groups.len() - 1
+        });
+        match p {
+            ipnet::IpNet::V4(_) => groups[i].1.push(*p),
+            ipnet::IpNet::V6(_) => groups[i].2.push(*p),
+        }
+    }
+    for (route, v4, v6) in groups {
+        let mut reach = Vec::new();
+        for (afi, list, local) in [(Afi::Ipv4, v4, nh4), (Afi::Ipv6, v6, nh6)] {
+            if list.is_empty() {
+                continue;
+            }
+            let next_hop = match route.next_hop {
+                OutNextHop::Local => local,
+                OutNextHop::Unchanged(nh) => Some(nh),
+            };
+            // No usable next hop for the family on this session: not advertised (the peer
+            // task warned when the session came up).
+            if let Some(next_hop) = next_hop {
+                reach.push(Reach {
+                    afi,
+                    next_hop,
+                    prefixes: list,
+                });
+            }
+        }
+        if !reach.is_empty() {
+            out.extend(wire::encode_updates(
+                &UpdateMsg {
+                    reach,
+                    attrs: route.attrs.clone(),
+                    ..Default::default()
+                },
+                codec,
+            ));
+        }
+    }
+    for afi in &b.end_of_rib {
+        out.extend(wire::encode_updates(&UpdateMsg::end_of_rib(*afi), codec));
+    }
+    out
 }
 
 fn quickack(rd: &tokio::net::tcp::OwnedReadHalf) {

@@ -1,6 +1,6 @@
 //! The manager task: owns the peer table and the listening sockets, routes accepted
-//! connections to their peer (and refuses unknown sources), applies reloads, and answers
-//! status queries by asking the peers and the RIB.
+//! connections to their peer (and refuses unknown sources), and applies reloads and local
+//! route changes. It answers no status query: status is read off the board.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -8,16 +8,21 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::IpNet;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use super::peer::{PeerCmd, PeerHandle, PeerTask};
-use super::rib_task::{Query, RibEvent, RibOutput, RibTask};
+use super::msg::LocalRoute;
+use super::msg::{
+    AliveGuard, Board, OutQueue, PeerCmd, RibEvent, RibInput, RibOutput, RibQuery, SpeakerCmd,
+};
+use super::peer::{PeerHandle, PeerTask};
+use super::rib_task::RibTask;
 use super::sockopt;
-use super::{Error, PeerConfig, SpeakerCmd, SpeakerConfig, SpeakerStatus};
+use super::table::TableConfig;
+use super::{Error, PeerConfig, SpeakerConfig};
+use crate::policy::Source;
 use crate::rib::PeerId;
 use crate::wire::{NotificationMsg, codes};
 
@@ -33,50 +38,59 @@ struct Manager {
     peers: HashMap<String, PeerHandle>,
     next_id: PeerId,
     listeners: Vec<Listener>,
-    rib: mpsc::Sender<RibEvent>,
-    originated: Arc<Vec<IpNet>>,
+    rib: mpsc::Sender<RibInput>,
+    board: Arc<Board>,
 }
 
 pub(crate) async fn spawn(
     cfg: SpeakerConfig,
     peers: Vec<PeerConfig>,
-    originated: Vec<IpNet>,
+    local: Vec<(Source, Vec<LocalRoute>)>,
     cmds: mpsc::Receiver<SpeakerCmd>,
-) -> Result<mpsc::Receiver<RibOutput>, Error> {
-    // Few batches in flight to the consumer: a slow FIB holds the RIB back (and, through
-    // it, the peers' sockets) instead of piling up changes in memory.
-    let (out_tx, out_rx) = mpsc::channel(4);
+    out_tx: mpsc::Sender<RibOutput>,
+    board: Arc<Board>,
+) -> Result<mpsc::Sender<RibQuery>, Error> {
     let (acc_tx, acc_rx) = mpsc::channel(64);
     let listeners = listen(&cfg, acc_tx)?;
-    let initial: Vec<PeerId> = (0..peers.len() as PeerId).collect();
     let stale_time = cfg
         .graceful_restart
         .as_ref()
         .map(|g| g.stale_time)
         .unwrap_or(360);
-    let rib = RibTask::spawn(
-        cfg.max_paths,
-        initial,
-        cfg.sync_timeout,
-        Duration::from_secs(stale_time as u64),
+    let (rib, queries) = RibTask::spawn(
+        TableConfig {
+            local_asn: cfg.asn,
+            router_id: cfg.router_id,
+            max_paths: cfg.max_paths,
+            sync_timeout_ms: cfg.sync_timeout.as_millis() as u64,
+            stale_time_ms: stale_time as u64 * 1000,
+            initial_peers: (0..peers.len() as PeerId).collect(),
+        },
         out_tx,
+        board.clone(),
     );
+    board
+        .manager_alive
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let mut m = Manager {
         cfg,
         peers: HashMap::new(),
         next_id: 0,
         listeners,
         rib,
-        originated: Arc::new(originated),
+        board,
     };
+    for (source, routes) in local {
+        m.rib(RibEvent::SetLocal { source, routes }).await;
+    }
     for p in peers {
-        m.add_peer(p);
+        m.add_peer(p).await;
     }
     tokio::spawn(tracing::Instrument::instrument(
         m.run(cmds, acc_rx),
         tracing::info_span!("speaker"),
     ));
-    Ok(out_rx)
+    Ok(queries)
 }
 
 fn listen(
@@ -167,29 +181,53 @@ impl Manager {
         }
     }
 
-    fn add_peer(&mut self, cfg: PeerConfig) {
+    async fn add_peer(&mut self, cfg: PeerConfig) {
         let id = self.next_id;
         self.next_id += 1;
-        self.spawn_peer(id, cfg);
+        self.spawn_peer(id, cfg).await;
     }
 
-    fn spawn_peer(&mut self, id: PeerId, cfg: PeerConfig) {
+    async fn rib(&self, ev: RibEvent) {
+        let _ = self.rib.send(RibInput::Event(ev)).await;
+    }
+
+    fn peer_config_event(&self, id: PeerId, cfg: &PeerConfig) -> RibEvent {
+        RibEvent::PeerConfig {
+            id,
+            name: cfg.name.clone(),
+            address: cfg.address,
+            ebgp: cfg.ebgp(self.cfg.asn),
+            import: cfg.import.clone(),
+            export: cfg.export.clone(),
+        }
+    }
+
+    async fn spawn_peer(&mut self, id: PeerId, cfg: PeerConfig) {
         if let Some(k) = &cfg.md5_key {
             self.set_listener_md5(&cfg, k);
         }
-        let h = PeerTask::spawn(
-            id,
-            cfg.clone(),
-            self.cfg.clone(),
-            self.originated.clone(),
-            self.rib.clone(),
-        );
+        // The rib task learns of the peer (its mailbox, its policies) before the peer can
+        // send it anything.
+        let queue = Arc::new(OutQueue::default());
+        let _ = self.rib.send(RibInput::Queue(id, queue.clone())).await;
+        self.rib(self.peer_config_event(id, &cfg)).await;
+        let h = PeerTask::spawn(id, cfg.clone(), self.cfg.clone(), self.rib.clone(), queue);
         let _ = h.cmd.try_send(PeerCmd::Start);
+        self.board
+            .peers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cfg.name.clone(), h.shared.clone());
         self.peers.insert(cfg.name.clone(), h);
     }
 
     async fn stop_peer(&mut self, name: &str, n: NotificationMsg, forget: bool) -> Option<PeerId> {
         let h = self.peers.remove(name)?;
+        self.board
+            .peers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
         let (tx, rx) = oneshot::channel();
         let _ = h
             .cmd
@@ -205,7 +243,7 @@ impl Manager {
             self.set_listener_md5(&h.cfg, &[]);
         }
         if forget {
-            let _ = self.rib.send(RibEvent::Remove { id: h.id }).await;
+            self.rib(RibEvent::PeerRemoved { id: h.id }).await;
         }
         Some(h.id)
     }
@@ -215,6 +253,8 @@ impl Manager {
         mut cmds: mpsc::Receiver<SpeakerCmd>,
         mut accepted: mpsc::Receiver<(TcpStream, SocketAddr)>,
     ) {
+        let board = self.board.clone();
+        let _alive = AliveGuard(&board.manager_alive);
         loop {
             tokio::select! {
                 cmd = cmds.recv() => {
@@ -252,27 +292,15 @@ impl Manager {
                 self.set_peers(new).await;
                 let _ = done.send(());
             }
-            SpeakerCmd::SetOriginated(o) => {
-                self.originated = Arc::new(o);
-                for p in self.peers.values() {
-                    let _ = p
-                        .cmd
-                        .send(PeerCmd::SetOriginated(self.originated.clone()))
-                        .await;
-                }
-            }
-            SpeakerCmd::Status(tx) => {
-                let st = self.status().await;
-                let _ = tx.send(st);
-            }
-            SpeakerCmd::Routes(tx) => {
-                let _ = self.rib.send(RibEvent::Query(Query::Routes(tx))).await;
-            }
-            SpeakerCmd::Lookup(p, tx) => {
-                let _ = self.rib.send(RibEvent::Query(Query::Lookup(p, tx))).await;
-            }
-            SpeakerCmd::Selected(tx) => {
-                let _ = self.rib.send(RibEvent::Query(Query::Selected(tx))).await;
+            SpeakerCmd::SetLocal {
+                source,
+                routes,
+                done,
+            } => {
+                self.rib(RibEvent::SetLocal { source, routes }).await;
+                // Answered by the rib task once the changes are on the peers' sockets; we
+                // do not wait for it.
+                let _ = self.rib.send(RibInput::Flushed(done)).await;
             }
             SpeakerCmd::Shutdown { graceful, done } => {
                 let mut waits = Vec::new();
@@ -325,13 +353,15 @@ impl Manager {
             match self.peers.get_mut(&p.name) {
                 None => {
                     info!(peer = %p.name, "peer added");
-                    self.add_peer(p);
+                    self.add_peer(p).await;
                 }
                 Some(h) if h.cfg == p => {}
                 Some(h) if h.cfg.only_policy_differs(&p) => {
-                    info!(peer = %p.name, "import policy changed: re-applied without a reset");
-                    let _ = h.cmd.send(PeerCmd::SetPolicy(p.import.clone())).await;
-                    h.cfg = p;
+                    info!(peer = %p.name, "policy changed: applied without a reset");
+                    h.cfg = p.clone();
+                    let id = h.id;
+                    let ev = self.peer_config_event(id, &p);
+                    self.rib(ev).await;
                 }
                 Some(_) => {
                     info!(peer = %p.name, "peer changed: restarting its session");
@@ -345,45 +375,11 @@ impl Manager {
                         )
                         .await;
                     match id {
-                        Some(id) if same_address => self.spawn_peer(id, p),
-                        _ => self.add_peer(p),
+                        Some(id) if same_address => self.spawn_peer(id, p).await,
+                        _ => self.add_peer(p).await,
                     }
                 }
             }
-        }
-    }
-
-    async fn status(&self) -> SpeakerStatus {
-        let mut peers = Vec::new();
-        for h in self.peers.values() {
-            let (tx, rx) = oneshot::channel();
-            if h.cmd.send(PeerCmd::Status(tx)).await.is_ok()
-                && let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), rx).await
-            {
-                peers.push((h.id, s));
-            }
-        }
-        let (ctx, crx) = oneshot::channel();
-        let (stx, srx) = oneshot::channel();
-        let _ = self.rib.send(RibEvent::Query(Query::Counts(ctx))).await;
-        let _ = self.rib.send(RibEvent::Query(Query::Summary(stx))).await;
-        let counts = crx.await.unwrap_or_default();
-        let (loc_rib, synced) = srx.await.unwrap_or(((0, 0), false));
-        let mut peers: Vec<_> = peers
-            .into_iter()
-            .map(|(id, mut s)| {
-                s.prefixes = counts.get(&id).copied().unwrap_or_default();
-                s
-            })
-            .collect();
-        peers.sort_by(|a, b| a.name.cmp(&b.name));
-        SpeakerStatus {
-            asn: self.cfg.asn,
-            router_id: self.cfg.router_id,
-            originated: self.originated.to_vec(),
-            peers,
-            loc_rib,
-            synced,
         }
     }
 }

@@ -2,26 +2,29 @@
 //!
 //! ```text
 //!   Speaker (handle) ──SpeakerCmd──► manager task ◄──(stream, addr)── listener task(s)
-//!                                     │   │  one per configured peer
-//!                          PeerCmd    │   └──────────────────────────────┐
-//!                                     ▼                                  ▼
-//!   conn reader ──(ConnId, ConnEvent)──► peer task: Fsm + policy ──RibEvent──► rib task: Rib
-//!   conn writer ◄──────── bytes ─────────┘   ▲                                 │
-//!                                            └──── PeerCmd (max prefix) ───────┤
-//!                                                                              ▼
-//!                                                        RibOutput (changes, synced) ──► FIB
+//!      │  │                           │   │  one per configured peer
+//!      │  │                  PeerCmd  │   └──RibInput (peer config)────────────┐
+//!      │  │                           ▼                                       ▼
+//!      │  │   conn reader ──ConnEvent──► peer task: Fsm, decode ──RibInput──► rib task: Table
+//!      │  │   conn writer ◄─WriterMsg──┘                                  │  │  │
+//!      │  │        ▲                                                     │  │  └─RibOutput──► consumer (FIB)
+//!      │  │        └────────────── OutQueue (per peer, never blocks) ◄───┘  │
+//!      │  └──────────────────────── RibQuery (routes) ─────────────────────►│
+//!      └──── reads ──► Board ◄── publish: peer tasks (state), rib task (counts)
 //! ```
 //!
 //! Each piece of state has one owner: the peer task owns its FSM and connections, the rib
-//! task owns the RIB, the manager owns the peer table and the listening sockets. They talk over
-//! bounded channels; a full RIB queue makes peer tasks stop reading their sockets (TCP then
-//! slows the sender), while their timers keep running.
+//! task owns the table (RIB, policies, Adj-RIBs-Out), the manager owns the peer list and the
+//! listening sockets. Data flows one way; see [`msg`] for every channel, its bound, and who
+//! waits on whom.
 
 mod conn;
 mod manager;
+pub mod msg;
 mod peer;
 mod rib_task;
 pub mod sockopt;
+pub mod table;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -31,11 +34,12 @@ use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::fsm::State;
-use crate::policy::ImportPolicy;
-use crate::rib::{PeerCounts, RibChange, RouteView};
-use crate::wire::{Afi, NextHop};
+use crate::policy::{ExportPolicy, ImportPolicy, Refusal, Source};
+use crate::rib::{PeerCounts, RouteView};
+use crate::wire::Afi;
 
-pub use rib_task::RibOutput;
+use msg::{Board, RibQuery, SpeakerCmd};
+pub use msg::{LocalRoute, RibOutput};
 
 /// Speaker-wide settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +86,7 @@ pub struct PeerConfig {
     pub gtsm: bool,
     pub families: Vec<Afi>,
     pub import: ImportPolicy,
+    pub export: ExportPolicy,
     pub next_hop_v4: Option<Ipv4Addr>,
     pub next_hop_v6: Option<Ipv6Addr>,
     pub graceful_restart: bool,
@@ -125,6 +130,7 @@ impl PeerConfig {
             gtsm: false,
             families: vec![Afi::Ipv4, Afi::Ipv6],
             import: ImportPolicy::default(),
+            export: ExportPolicy::default(),
             next_hop_v4: None,
             next_hop_v6: None,
             graceful_restart: true,
@@ -136,7 +142,36 @@ impl PeerConfig {
     fn only_policy_differs(&self, other: &PeerConfig) -> bool {
         let mut a = self.clone();
         a.import = other.import.clone();
+        a.export = other.export.clone();
         &a == other
+    }
+
+    fn ebgp(&self, local_asn: u32) -> bool {
+        self.remote_asn != local_asn
+    }
+}
+
+/// Prefixes per source (`pod_cidrs`, `services`, `originate`, `learned`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BySource {
+    pub pod_cidrs: u64,
+    pub services: u64,
+    pub originate: u64,
+    pub learned: u64,
+}
+
+impl BySource {
+    fn of(a: [u64; 4]) -> BySource {
+        BySource {
+            pod_cidrs: a[Source::PodCidrs.index()],
+            services: a[Source::Services.index()],
+            originate: a[Source::Originate.index()],
+            learned: a[Source::Learned.index()],
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.pod_cidrs + self.services + self.originate + self.learned
     }
 }
 
@@ -148,6 +183,8 @@ pub struct PeerStatus {
     pub remote_asn: u32,
     pub local_address: Option<IpAddr>,
     pub state: State,
+    #[serde(skip)]
+    pub state_since: Option<std::time::Instant>,
     /// Seconds in the current state.
     pub state_secs: u64,
     pub last_error: Option<String>,
@@ -157,7 +194,10 @@ pub struct PeerStatus {
     pub families: Vec<Afi>,
     pub graceful_restart: bool,
     pub prefixes: PeerCounts,
+    /// Refused by import policy, per reason.
+    pub refused: Vec<(Refusal, u64)>,
     pub advertised: u64,
+    pub advertised_by_source: BySource,
     pub messages_in: u64,
     pub messages_out: u64,
     pub updates_in: u64,
@@ -168,12 +208,43 @@ pub struct PeerStatus {
     pub end_of_rib_secs: Vec<(Afi, f64)>,
 }
 
+impl PeerStatus {
+    pub(crate) fn new(cfg: &PeerConfig) -> PeerStatus {
+        PeerStatus {
+            name: cfg.name.clone(),
+            address: cfg.address,
+            remote_asn: cfg.remote_asn,
+            local_address: None,
+            state: State::Idle,
+            state_since: None,
+            state_secs: 0,
+            last_error: None,
+            remote_router_id: None,
+            hold_time: None,
+            keepalive: None,
+            families: Vec::new(),
+            graceful_restart: false,
+            prefixes: PeerCounts::default(),
+            refused: Vec::new(),
+            advertised: 0,
+            advertised_by_source: BySource::default(),
+            messages_in: 0,
+            messages_out: 0,
+            updates_in: 0,
+            updates_out: 0,
+            established_count: 0,
+            end_of_rib_secs: Vec::new(),
+        }
+    }
+}
+
 /// What the speaker reports.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SpeakerStatus {
     pub asn: u32,
     pub router_id: Ipv4Addr,
-    pub originated: Vec<IpNet>,
+    /// The node's own routes, per local source.
+    pub local: Vec<(Source, Vec<IpNet>)>,
     pub peers: Vec<PeerStatus>,
     /// Prefixes with a selected path, IPv4 and IPv6.
     pub loc_rib: (usize, usize),
@@ -193,35 +264,37 @@ pub enum Error {
     Stopped,
 }
 
-pub(crate) enum SpeakerCmd {
-    SetPeers(Vec<PeerConfig>, oneshot::Sender<()>),
-    SetOriginated(Vec<IpNet>),
-    Status(oneshot::Sender<SpeakerStatus>),
-    Routes(oneshot::Sender<Vec<RouteView>>),
-    Lookup(Vec<IpNet>, oneshot::Sender<Vec<Vec<NextHop>>>),
-    Selected(oneshot::Sender<Vec<(IpNet, Vec<NextHop>)>>),
-    Shutdown {
-        graceful: bool,
-        done: oneshot::Sender<()>,
-    },
-}
-
 /// Handle to a running speaker; cheap to clone.
 #[derive(Clone)]
 pub struct Speaker {
     tx: mpsc::Sender<SpeakerCmd>,
+    queries: mpsc::Sender<RibQuery>,
+    board: Arc<Board>,
+    asn: u32,
+    router_id: Ipv4Addr,
 }
 
 impl Speaker {
-    /// Start listening and connecting. Returns the handle and the stream of Loc-RIB changes.
+    /// Start listening and connecting. The node's own routes (`local`, per source) are in
+    /// the table before any session starts, so that no peer is sent an End-of-RIB without
+    /// them; Loc-RIB changes go to `out` (bound it: a full channel slows the speaker down).
     pub async fn start(
         cfg: SpeakerConfig,
         peers: Vec<PeerConfig>,
-        originated: Vec<IpNet>,
-    ) -> Result<(Speaker, mpsc::Receiver<RibOutput>), Error> {
+        local: Vec<(Source, Vec<LocalRoute>)>,
+        out: mpsc::Sender<RibOutput>,
+    ) -> Result<Speaker, Error> {
         let (tx, rx) = mpsc::channel(64);
-        let out = manager::spawn(cfg, peers, originated, rx).await?;
-        Ok((Speaker { tx }, out))
+        let board = Arc::new(Board::default());
+        let (asn, router_id) = (cfg.asn, cfg.router_id);
+        let queries = manager::spawn(cfg, peers, local, rx, out, board.clone()).await?;
+        Ok(Speaker {
+            tx,
+            queries,
+            board,
+            asn,
+            router_id,
+        })
     }
 
     async fn ask<T>(&self, f: impl FnOnce(oneshot::Sender<T>) -> SpeakerCmd) -> Result<T, Error> {
@@ -232,35 +305,83 @@ impl Speaker {
 
     /// Apply a new peer list: new peers start, removed ones stop (Cease, peer
     /// de-configured), changed ones restart, unchanged ones are left alone, and a change of
-    /// import policy alone is applied to the routes already received without a reset.
+    /// import or export policy alone is applied without a reset.
     pub async fn set_peers(&self, peers: Vec<PeerConfig>) -> Result<(), Error> {
         self.ask(|tx| SpeakerCmd::SetPeers(peers, tx)).await
     }
 
-    /// Replace the prefixes we originate (the node's pod CIDRs).
-    pub async fn set_originated(&self, prefixes: Vec<IpNet>) -> Result<(), Error> {
-        self.tx
-            .send(SpeakerCmd::SetOriginated(prefixes))
-            .await
-            .map_err(|_| Error::Stopped)
+    /// Replace the routes of one local source (pod CIDRs, `originate`, Services): only the
+    /// prefixes that differ are announced or withdrawn. Returns once the changes are on
+    /// every peer's socket.
+    pub async fn set_local(&self, source: Source, routes: Vec<LocalRoute>) -> Result<(), Error> {
+        self.ask(|done| SpeakerCmd::SetLocal {
+            source,
+            routes,
+            done,
+        })
+        .await
     }
 
-    pub async fn status(&self) -> Result<SpeakerStatus, Error> {
-        self.ask(SpeakerCmd::Status).await
+    /// Status from what the tasks last published: never waits on route processing.
+    pub fn status(&self) -> SpeakerStatus {
+        let rib = self
+            .board
+            .rib
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let peers = self
+            .board
+            .peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|p| {
+                use std::sync::atomic::Ordering::Relaxed;
+                let mut s = p.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                s.state_secs = s.state_since.map(|t| t.elapsed().as_secs()).unwrap_or(0);
+                s.messages_in = p.counters.messages_in.load(Relaxed);
+                s.messages_out = p.counters.messages_out.load(Relaxed);
+                s.updates_in = p.counters.updates_in.load(Relaxed);
+                s.updates_out = p.counters.updates_out.load(Relaxed);
+                if let Some((counts, adv)) = rib.peers.get(&p.id) {
+                    s.prefixes = *counts;
+                    s.refused = Refusal::ALL
+                        .iter()
+                        .zip(counts.refused)
+                        .filter(|(_, n)| *n > 0)
+                        .map(|(r, n)| (*r, n))
+                        .collect();
+                    s.advertised_by_source = BySource::of(*adv);
+                    s.advertised = s.advertised_by_source.total();
+                }
+                s
+            })
+            .collect();
+        SpeakerStatus {
+            asn: self.asn,
+            router_id: self.router_id,
+            local: rib.local,
+            peers,
+            loc_rib: rib.loc_rib,
+            synced: rib.synced,
+        }
     }
 
+    /// Whether the speaker's tasks are running.
+    pub fn alive(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.board.manager_alive.load(Relaxed) && self.board.rib_alive.load(Relaxed)
+    }
+
+    /// Every prefix of the RIB with its paths (answered even while routes are processed).
     pub async fn routes(&self) -> Result<Vec<RouteView>, Error> {
-        self.ask(SpeakerCmd::Routes).await
-    }
-
-    /// The selected next hops of each prefix (empty: none).
-    pub async fn lookup(&self, prefixes: Vec<IpNet>) -> Result<Vec<Vec<NextHop>>, Error> {
-        self.ask(|tx| SpeakerCmd::Lookup(prefixes, tx)).await
-    }
-
-    /// Every selected prefix with its next hops.
-    pub async fn selected(&self) -> Result<Vec<(IpNet, Vec<NextHop>)>, Error> {
-        self.ask(SpeakerCmd::Selected).await
+        let (tx, rx) = oneshot::channel();
+        self.queries
+            .send(RibQuery::Routes(tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
     }
 
     /// Stop every session: with a Cease, or, with `graceful`, by closing the connections
@@ -270,6 +391,3 @@ impl Speaker {
             .await
     }
 }
-
-/// The change stream a speaker produces, re-exported for consumers.
-pub type Changes = Vec<RibChange>;

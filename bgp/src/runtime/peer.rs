@@ -1,6 +1,7 @@
-//! The task of one peer: it owns the peer's [`Fsm`], its connections and timers, applies
-//! import policy to what the peer sends and keeps the peer's Adj-RIB-Out (the node's own
-//! prefixes) in step with what it has advertised.
+//! The task of one peer: it owns the peer's [`Fsm`], its connections and timers, decodes
+//! what the peer sends (RFC 7606 outcomes, the first-AS check) and hands it to the rib task.
+//! Import and export policy live in the rib task; what the peer is sent comes from its
+//! [`OutQueue`], drained by the writer of the Established connection.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -8,43 +9,20 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::conn::{self, Conn, ConnEvent, ConnId, ConnectOpts};
-use super::rib_task::RibEvent;
+use super::conn::{self, Conn, ConnectOpts};
+use super::msg::{
+    ConnEvent, ConnId, OutQueue, PeerCmd, PeerCounters, PeerShared, RibEvent, RibInput, WriterMsg,
+};
 use super::sockopt::TtlPolicy;
 use super::{GracefulRestart, PeerConfig, PeerStatus, SpeakerConfig};
 use crate::fsm::{Action, Dir, DownReason, Fsm, FsmConfig, GrConfig, Input, Negotiated, Timer};
-use crate::policy::{ImportContext, ImportPolicy};
-use crate::rib::{PeerCounts, PeerId, PeerInfo, RouteAttrs};
-use crate::wire::{
-    self, Afi, AsPath, Codec, Message, NextHop, NotificationMsg, Origin, PathAttrs, Reach,
-    UpdateMsg, codes,
-};
-
-pub(crate) enum PeerCmd {
-    Start,
-    /// Stop the session; with `done`, the task also ends and reports through it.
-    Stop {
-        notification: Option<NotificationMsg>,
-        graceful: bool,
-        done: Option<oneshot::Sender<()>>,
-    },
-    Incoming(TcpStream),
-    ConnectResult {
-        generation: u64,
-        result: std::io::Result<TcpStream>,
-    },
-    SetOriginated(Arc<Vec<IpNet>>),
-    SetPolicy(ImportPolicy),
-    /// The RIB counted more accepted prefixes than allowed.
-    MaxPrefix(u32),
-    Status(oneshot::Sender<PeerStatus>),
-}
+use crate::rib::{PeerId, RouteAttrs};
+use crate::wire::{self, Afi, Codec, Message, NextHop, NotificationMsg, UpdateMsg, codes};
 
 /// Handle the manager keeps.
 pub(crate) struct PeerHandle {
@@ -52,14 +30,7 @@ pub(crate) struct PeerHandle {
     pub cfg: PeerConfig,
     pub cmd: mpsc::Sender<PeerCmd>,
     pub task: JoinHandle<()>,
-}
-
-struct Counters {
-    messages_in: u64,
-    messages_out: u64,
-    updates_in: u64,
-    updates_out: u64,
-    established: u64,
+    pub shared: Arc<PeerShared>,
 }
 
 pub(crate) struct PeerTask {
@@ -75,21 +46,21 @@ pub(crate) struct PeerTask {
     hold_secs: [u32; 2],
     self_tx: mpsc::Sender<PeerCmd>,
     conn_tx: mpsc::Sender<(ConnId, ConnEvent)>,
-    rib: mpsc::Sender<RibEvent>,
+    rib: mpsc::Sender<RibInput>,
     /// Events for the RIB waiting for room in its queue; while any wait, we read no more.
     pending: VecDeque<RibEvent>,
-    originated: Arc<Vec<IpNet>>,
-    advertised: HashMap<Afi, Vec<IpNet>>,
+    queue: Arc<OutQueue>,
+    shared: Arc<PeerShared>,
     negotiated: Option<Box<Negotiated>>,
     up_dir: Option<Dir>,
     up_since: Option<Instant>,
+    /// Sessions so far; the current one's number names its [`OutQueue`] generation.
+    session: u64,
     state_since: Instant,
     last_state: crate::fsm::State,
     last_error: Option<String>,
     eor_at: Vec<(Afi, f64)>,
-    /// While the peer's initial table is coming: when to check whether it went quiet.
-    nudge_at: Option<Instant>,
-    counters: Counters,
+    established: u64,
 }
 
 impl PeerTask {
@@ -97,16 +68,17 @@ impl PeerTask {
         id: PeerId,
         cfg: PeerConfig,
         speaker: SpeakerConfig,
-        originated: Arc<Vec<IpNet>>,
-        rib: mpsc::Sender<RibEvent>,
+        rib: mpsc::Sender<RibInput>,
+        queue: Arc<OutQueue>,
     ) -> PeerHandle {
         let (tx, rx) = mpsc::channel(64);
-        // Raw messages read off the socket but not yet processed. Deep enough (at most
-        // 16384 UPDATEs of at most 4 KB) that a peer sending a full table never finds its
-        // TCP window closed: some speakers (BIRD among them) stall for seconds once their
-        // socket blocks. The RIB still holds us back, just not through the socket.
         let (conn_tx, conn_rx) = mpsc::channel(16384);
         let fsm = Fsm::new(fsm_config(&cfg, &speaker));
+        let shared = Arc::new(PeerShared {
+            id,
+            status: std::sync::Mutex::new(PeerStatus::new(&cfg)),
+            counters: Arc::new(PeerCounters::default()),
+        });
         let task = PeerTask {
             id,
             cfg: cfg.clone(),
@@ -122,23 +94,17 @@ impl PeerTask {
             conn_tx,
             rib,
             pending: VecDeque::new(),
-            originated,
-            advertised: HashMap::new(),
+            queue,
+            shared: shared.clone(),
             negotiated: None,
             up_dir: None,
             up_since: None,
+            session: 0,
             state_since: Instant::now(),
             last_state: crate::fsm::State::Idle,
             last_error: None,
             eor_at: Vec::new(),
-            nudge_at: None,
-            counters: Counters {
-                messages_in: 0,
-                messages_out: 0,
-                updates_in: 0,
-                updates_out: 0,
-                established: 0,
-            },
+            established: 0,
         };
         let span = tracing::info_span!("peer", peer = %cfg.name, remote_as = cfg.remote_asn, addr = %cfg.address);
         let handle = tokio::spawn(tracing::Instrument::instrument(task.run(rx, conn_rx), span));
@@ -147,6 +113,7 @@ impl PeerTask {
             cfg,
             cmd: tx,
             task: handle,
+            shared,
         }
     }
 
@@ -156,8 +123,10 @@ impl PeerTask {
         mut conn_rx: mpsc::Receiver<(ConnId, ConnEvent)>,
     ) {
         let rib = self.rib.clone();
+        let queue = self.queue.clone();
+        self.publish();
         loop {
-            let next = self.timers.values().copied().chain(self.nudge_at).min();
+            let next = self.timers.values().copied().min();
             let waiting = !self.pending.is_empty();
             tokio::select! {
                 biased;
@@ -171,12 +140,16 @@ impl PeerTask {
                 }
                 _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now).into()), if next.is_some() => {
                     self.fire_timers();
-                    self.nudge();
+                }
+                _ = queue.signal.notified() => {
+                    if let Some(limit) = queue.take_max_prefix() {
+                        self.max_prefix(limit);
+                    }
                 }
                 permit = rib.reserve(), if waiting => {
                     let Ok(permit) = permit else { break };
                     if let Some(ev) = self.pending.pop_front() {
-                        permit.send(ev);
+                        permit.send(RibInput::Event(ev));
                     }
                 }
                 ev = conn_rx.recv(), if !waiting => {
@@ -198,7 +171,7 @@ impl PeerTask {
 
     async fn flush_pending(&mut self) {
         while let Some(ev) = self.pending.pop_front() {
-            if self.rib.send(ev).await.is_err() {
+            if self.rib.send(RibInput::Event(ev)).await.is_err() {
                 break;
             }
         }
@@ -210,7 +183,28 @@ impl PeerTask {
             info!(from = %self.last_state, to = %s, "state change");
             self.last_state = s;
             self.state_since = Instant::now();
+            self.publish();
         }
+    }
+
+    /// Publish what status shows of this peer (on every change of it).
+    fn publish(&self) {
+        let n = self.negotiated.as_deref();
+        let mut st = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
+        st.local_address = self
+            .up_dir
+            .and_then(|d| self.conns[slot(d)].as_ref())
+            .map(|c| c.local.ip());
+        st.state = self.fsm.state();
+        st.state_since = Some(self.state_since);
+        st.last_error = self.last_error.clone();
+        st.remote_router_id = n.map(|n| n.remote_id);
+        st.hold_time = n.map(|n| n.hold_time);
+        st.keepalive = n.map(|n| n.keepalive);
+        st.families = n.map(|n| n.families.clone()).unwrap_or_default();
+        st.graceful_restart = n.map(|n| n.gr).unwrap_or(false);
+        st.established_count = self.established;
+        st.end_of_rib_secs = self.eor_at.clone();
     }
 
     /// Handle a command; returns the reply channel when the task must end.
@@ -243,7 +237,7 @@ impl PeerTask {
                             dir: Dir::Out,
                             generation: self.conn_gen,
                         };
-                        match Conn::spawn(stream, id, self.conn_tx.clone()) {
+                        match self.open_conn(stream, id) {
                             Ok(c) => {
                                 debug!(local = %c.local, "connected");
                                 self.conns[0] = Some(c);
@@ -262,30 +256,30 @@ impl PeerTask {
                     }
                 }
             }
-            PeerCmd::SetOriginated(o) => {
-                self.originated = o;
-                self.sync_exports();
-            }
-            PeerCmd::SetPolicy(p) => {
-                self.cfg.import = p;
-                self.reevaluate();
-            }
-            PeerCmd::MaxPrefix(limit) => {
-                warn!(limit, "maximum number of prefixes reached");
-                // RFC 4486 4: AFI, SAFI and the upper bound.
-                let mut data = vec![0, 1, 1];
-                data.extend_from_slice(&limit.to_be_bytes());
-                self.input(Input::Error(NotificationMsg::new(
-                    codes::CEASE,
-                    codes::cease::MAX_PREFIXES,
-                    data,
-                )));
-            }
-            PeerCmd::Status(tx) => {
-                let _ = tx.send(self.status());
-            }
         }
         None
+    }
+
+    fn open_conn(&self, stream: TcpStream, id: ConnId) -> std::io::Result<Conn> {
+        Conn::spawn(
+            stream,
+            id,
+            self.conn_tx.clone(),
+            self.queue.clone(),
+            self.shared.counters.clone(),
+        )
+    }
+
+    fn max_prefix(&mut self, limit: u32) {
+        warn!(limit, "maximum number of prefixes reached");
+        // RFC 4486 4: AFI, SAFI and the upper bound.
+        let mut data = vec![0, 1, 1];
+        data.extend_from_slice(&limit.to_be_bytes());
+        self.input(Input::Error(NotificationMsg::new(
+            codes::CEASE,
+            codes::cease::MAX_PREFIXES,
+            data,
+        )));
     }
 
     fn incoming(&mut self, stream: TcpStream) {
@@ -314,7 +308,7 @@ impl PeerTask {
             dir: Dir::In,
             generation: self.conn_gen,
         };
-        match Conn::spawn(stream, id, self.conn_tx.clone()) {
+        match self.open_conn(stream, id) {
             Ok(c) => {
                 debug!(remote = %c.remote, "accepted");
                 self.conns[1] = Some(c);
@@ -346,11 +340,11 @@ impl PeerTask {
         }
         match ev {
             ConnEvent::Message(bytes) => {
-                self.counters.messages_in += 1;
+                PeerCounters::add(&self.shared.counters.messages_in, 1);
                 match wire::decode(&bytes, &self.codec(id.dir)) {
                     Ok(m) => {
                         if matches!(m, Message::Update(_)) {
-                            self.counters.updates_in += 1;
+                            PeerCounters::add(&self.shared.counters.updates_in, 1);
                         }
                         if let Message::Notification(n) = &m {
                             warn!(notification = %n, "received NOTIFICATION");
@@ -373,41 +367,6 @@ impl PeerTask {
                     self.last_error = Some(format!("connection: {e}"));
                 }
                 self.input(Input::Closed(id.dir));
-            }
-        }
-    }
-
-    /// Some speakers (BIRD 2 among them) can leave the tail of their initial table unsent
-    /// until their event loop next wakes up, up to 3 s later. While we wait for the peer's
-    /// End-of-RIB, a session quiet for 200 ms gets a KEEPALIVE, at most one a second
-    /// (RFC 4271 4.4), which wakes such a peer; it costs nothing to others.
-    fn nudge(&mut self) {
-        let Some(at) = self.nudge_at else { return };
-        let now = Instant::now();
-        if now < at {
-            return;
-        }
-        let (Some(d), Some(n)) = (self.up_dir, &self.negotiated) else {
-            self.nudge_at = None;
-            return;
-        };
-        // Done once every family's End-of-RIB came, or after a minute (a peer that never
-        // sends one is not nudged forever).
-        let too_late = self
-            .up_since
-            .is_none_or(|t| t.elapsed() > Duration::from_secs(60));
-        if self.eor_at.len() >= n.families.len() || too_late {
-            self.nudge_at = None;
-            return;
-        }
-        if let Some(c) = &self.conns[slot(d)] {
-            let quiet = conn::now_ms().saturating_sub(c.last_rx.load(Ordering::Relaxed));
-            if quiet >= 200 {
-                c.send(wire::encode(&Message::Keepalive, &self.codec(d)));
-                self.counters.messages_out += 1;
-                self.nudge_at = Some(now + Duration::from_secs(1));
-            } else {
-                self.nudge_at = Some(now + Duration::from_millis(200 - quiet));
             }
         }
     }
@@ -457,9 +416,10 @@ impl PeerTask {
                 if let Some(c) = &self.conns[slot(d)] {
                     if let Message::Notification(n) = &m {
                         warn!(notification = %n, "sending NOTIFICATION");
+                        self.last_error = Some(format!("sent {n}"));
                     }
                     c.send(wire::encode(&m, &self.codec(d)));
-                    self.counters.messages_out += 1;
+                    PeerCounters::add(&self.shared.counters.messages_out, 1);
                 }
             }
             Action::Close(d) => {
@@ -486,8 +446,8 @@ impl PeerTask {
             Action::Update(u) => self.update(u),
             Action::RouteRefresh(afi) => {
                 debug!(%afi, "route refresh requested");
-                self.advertised.remove(&afi);
-                self.sync_exports();
+                self.pending
+                    .push_back(RibEvent::RouteRefresh { id: self.id, afi });
             }
             Action::Failed(why) => {
                 debug!(reason = %why, "session attempt failed");
@@ -515,6 +475,29 @@ impl PeerTask {
         }));
     }
 
+    /// Our next hop for `afi` on this session, for the routes we announce as ours: the
+    /// configured one, else the session's own address where it fits the family.
+    fn local_next_hop(&self, afi: Afi, local: IpAddr) -> Option<NextHop> {
+        match afi {
+            Afi::Ipv4 => match (self.cfg.next_hop_v4, local) {
+                (Some(a), _) => Some(NextHop::V4(a)),
+                (None, IpAddr::V4(a)) => Some(NextHop::V4(a)),
+                (None, IpAddr::V6(a)) => a.to_ipv4_mapped().map(NextHop::V4),
+            },
+            Afi::Ipv6 => match (self.cfg.next_hop_v6, local) {
+                (Some(a), _) => Some(NextHop::V6 {
+                    global: a,
+                    link_local: None,
+                }),
+                (None, IpAddr::V6(a)) => Some(NextHop::V6 {
+                    global: a,
+                    link_local: None,
+                }),
+                (None, IpAddr::V4(_)) => None,
+            },
+        }
+    }
+
     fn up(&mut self, d: Dir, n: Box<Negotiated>) {
         info!(
             remote_id = %n.remote_id,
@@ -523,7 +506,8 @@ impl PeerTask {
             graceful_restart = n.gr,
             "session established"
         );
-        self.counters.established += 1;
+        self.established += 1;
+        self.session += 1;
         self.last_error = None;
         self.eor_at.clear();
         let preserved: Vec<Afi> = n
@@ -537,34 +521,39 @@ impl PeerTask {
                     .collect()
             })
             .unwrap_or_default();
+        let local = self.conns[slot(d)].as_ref().map(|c| c.local.ip());
+        let (nh4, nh6) = match local {
+            Some(l) => (
+                self.local_next_hop(Afi::Ipv4, l),
+                self.local_next_hop(Afi::Ipv6, l),
+            ),
+            None => (None, None),
+        };
+        for (afi, nh) in [(Afi::Ipv4, nh4), (Afi::Ipv6, nh6)] {
+            if n.families.contains(&afi) && nh.is_none() {
+                warn!(%afi, "no next hop for this family on this session: our routes of it are not advertised (set next_hop_{afi})");
+            }
+        }
         self.pending.push_back(RibEvent::PeerUp {
             id: self.id,
-            info: PeerInfo {
-                name: self.cfg.name.as_str().into(),
-                address: self.cfg.address,
-                router_id: n.remote_id,
-                ebgp: self.cfg.remote_asn != self.speaker.asn,
-            },
+            session: self.session,
+            router_id: n.remote_id,
             families: n.families.clone(),
             preserved,
-            max_prefixes: self.cfg.import.max_prefixes,
-            cmd: self.self_tx.clone(),
+            local_addresses: self.local_addresses(),
         });
+        if let Some(c) = &self.conns[slot(d)] {
+            c.established(WriterMsg::Established {
+                session: self.session,
+                codec: n.codec,
+                next_hop_v4: nh4,
+                next_hop_v6: nh6,
+            });
+        }
         self.negotiated = Some(n);
         self.up_dir = Some(d);
         self.up_since = Some(Instant::now());
-        self.nudge_at = Some(Instant::now() + Duration::from_millis(200));
-        self.advertised.clear();
-        self.sync_exports();
-        // End-of-RIB after the initial update (RFC 4724 2), for every family.
-        let fams = self
-            .negotiated
-            .as_ref()
-            .map(|n| n.families.clone())
-            .unwrap_or_default();
-        for afi in fams {
-            self.send_update(&UpdateMsg::end_of_rib(afi));
-        }
+        self.publish();
     }
 
     fn down(&mut self, reason: DownReason, keep: Vec<Afi>, stale_for: u16) {
@@ -578,23 +567,11 @@ impl PeerTask {
         self.negotiated = None;
         self.up_dir = None;
         self.up_since = None;
-        self.nudge_at = None;
-        self.advertised.clear();
+        self.publish();
     }
 
     fn local_addresses(&self) -> Vec<IpAddr> {
         self.conns.iter().flatten().map(|c| c.local.ip()).collect()
-    }
-
-    fn import_context<'a>(&'a self, locals: &'a [IpAddr]) -> ImportContext<'a> {
-        ImportContext {
-            local_asn: self.speaker.asn,
-            router_id: self.speaker.router_id,
-            ebgp: self.cfg.remote_asn != self.speaker.asn,
-            own_prefixes: &self.originated,
-            local_addresses: locals,
-            policy: &self.cfg.import,
-        }
     }
 
     fn update(&mut self, u: UpdateMsg) {
@@ -602,11 +579,9 @@ impl PeerTask {
             warn!(attribute = e.code, action = ?e.action, reason = %e.reason, "RFC 7606: malformed attribute");
         }
         let Some(n) = &self.negotiated else { return };
-        let families = n.families.clone();
+        let families = &n.families;
         let ebgp = self.cfg.remote_asn != self.speaker.asn;
-        let locals = self.local_addresses();
-        let ctx = self.import_context(&locals);
-        let mut withdrawn: Vec<IpNet> = u
+        let mut withdrawn: Vec<ipnet::IpNet> = u
             .withdrawn
             .into_iter()
             .filter(|p| families.contains(&Afi::of(p)))
@@ -616,30 +591,18 @@ impl PeerTask {
             if !families.contains(&r.afi) {
                 continue;
             }
-            let attrs = Arc::new(RouteAttrs {
-                attrs: u.attrs.clone(),
-                next_hop: r.next_hop,
-            });
             // RFC 4271 6.3: an eBGP peer's path must start with its own AS; RFC 7606 7.2
             // makes the route withdrawn rather than the session reset.
             if ebgp
                 && self.cfg.enforce_first_as
-                && attrs.attrs.as_path.first_as() != Some(self.cfg.remote_asn)
+                && u.attrs.as_path.first_as() != Some(self.cfg.remote_asn)
             {
-                warn!(as_path = %attrs.attrs.as_path, "first AS is not the peer's: routes withdrawn");
+                warn!(as_path = %u.attrs.as_path, "first AS is not the peer's: routes withdrawn");
                 withdrawn.extend(r.prefixes);
                 continue;
             }
-            let attrs_ok = ctx.check_attrs(&attrs).is_ok();
-            let list: Vec<(IpNet, bool)> = r
-                .prefixes
-                .into_iter()
-                .map(|p| {
-                    let ok = attrs_ok && ctx.check_prefix(&p).is_ok();
-                    (p, ok)
-                })
-                .collect();
-            announced.push((attrs, list));
+            let attrs = Arc::new(RouteAttrs::new(u.attrs.clone(), r.next_hop));
+            announced.push((attrs, r.prefixes));
         }
         if !withdrawn.is_empty() || !announced.is_empty() {
             self.pending.push_back(RibEvent::Update {
@@ -655,152 +618,7 @@ impl PeerTask {
             debug!(%afi, "End-of-RIB received");
             self.pending
                 .push_back(RibEvent::EndOfRib { id: self.id, afi });
-        }
-    }
-
-    fn reevaluate(&mut self) {
-        let locals = self.local_addresses();
-        let ctx = self.import_context(&locals);
-        let policy = ctx.policy.clone();
-        let (asn, id, ebgp, own) = (
-            ctx.local_asn,
-            ctx.router_id,
-            ctx.ebgp,
-            self.originated.clone(),
-        );
-        let accept = move |p: &IpNet, r: &RouteAttrs| {
-            ImportContext {
-                local_asn: asn,
-                router_id: id,
-                ebgp,
-                own_prefixes: &own,
-                local_addresses: &locals,
-                policy: &policy,
-            }
-            .accept(p, r)
-        };
-        self.pending.push_back(RibEvent::Reevaluate {
-            id: self.id,
-            accept: Box::new(accept),
-        });
-    }
-
-    /// The attributes and next hop we advertise for `afi`, or `None` when this session has
-    /// no usable next hop for the family (e.g. IPv6 over an IPv4 session without
-    /// `next_hop_ipv6`).
-    fn export_route(&self, afi: Afi) -> Option<(PathAttrs, NextHop)> {
-        let d = self.up_dir?;
-        let local = self.conns[slot(d)].as_ref()?.local.ip();
-        let nh = match afi {
-            Afi::Ipv4 => match (self.cfg.next_hop_v4, local) {
-                (Some(a), _) => NextHop::V4(a),
-                (None, IpAddr::V4(a)) => NextHop::V4(a),
-                (None, IpAddr::V6(a)) => NextHop::V4(a.to_ipv4_mapped()?),
-            },
-            Afi::Ipv6 => match (self.cfg.next_hop_v6, local) {
-                (Some(a), _) => NextHop::V6 {
-                    global: a,
-                    link_local: None,
-                },
-                (None, IpAddr::V6(a)) => NextHop::V6 {
-                    global: a,
-                    link_local: None,
-                },
-                (None, IpAddr::V4(_)) => return None,
-            },
-        };
-        let ebgp = self.cfg.remote_asn != self.speaker.asn;
-        let attrs = PathAttrs {
-            origin: Origin::Igp,
-            as_path: if ebgp {
-                AsPath::sequence(vec![self.speaker.asn])
-            } else {
-                AsPath::default()
-            },
-            local_pref: (!ebgp).then_some(crate::rib::DEFAULT_LOCAL_PREF),
-            ..Default::default()
-        };
-        Some((attrs, nh))
-    }
-
-    /// Bring what the peer has from us in line with what we originate.
-    fn sync_exports(&mut self) {
-        let Some(n) = &self.negotiated else { return };
-        for afi in n.families.clone() {
-            let want: Vec<IpNet> = self
-                .originated
-                .iter()
-                .filter(|p| Afi::of(p) == afi)
-                .copied()
-                .collect();
-            let route = self.export_route(afi);
-            let want = if route.is_some() { want } else { Vec::new() };
-            let had = self.advertised.get(&afi).cloned().unwrap_or_default();
-            let withdraw: Vec<IpNet> = had.iter().filter(|p| !want.contains(p)).copied().collect();
-            let announce: Vec<IpNet> = want.iter().filter(|p| !had.contains(p)).copied().collect();
-            if !withdraw.is_empty() {
-                self.send_update(&UpdateMsg {
-                    withdrawn: withdraw,
-                    ..Default::default()
-                });
-            }
-            if let (Some((attrs, next_hop)), false) = (route, announce.is_empty()) {
-                self.send_update(&UpdateMsg {
-                    reach: vec![Reach {
-                        afi,
-                        next_hop,
-                        prefixes: announce,
-                    }],
-                    attrs,
-                    ..Default::default()
-                });
-            }
-            if self.originated.iter().any(|p| Afi::of(p) == afi) && self.export_route(afi).is_none()
-            {
-                warn!(%afi, "no next hop for this family on this session: not advertised (set next_hop_{afi})");
-            }
-            self.advertised.insert(afi, want);
-        }
-    }
-
-    fn send_update(&mut self, u: &UpdateMsg) {
-        let Some(d) = self.up_dir else { return };
-        let codec = self.codec(d);
-        if let Some(c) = &self.conns[slot(d)] {
-            for m in wire::encode_updates(u, &codec) {
-                c.send(m);
-                self.counters.updates_out += 1;
-                self.counters.messages_out += 1;
-            }
-        }
-    }
-
-    fn status(&self) -> PeerStatus {
-        let n = self.negotiated.as_deref();
-        PeerStatus {
-            name: self.cfg.name.clone(),
-            address: self.cfg.address,
-            remote_asn: self.cfg.remote_asn,
-            local_address: self
-                .up_dir
-                .and_then(|d| self.conns[slot(d)].as_ref())
-                .map(|c| c.local.ip()),
-            state: self.fsm.state(),
-            state_secs: self.state_since.elapsed().as_secs(),
-            last_error: self.last_error.clone(),
-            remote_router_id: n.map(|n| n.remote_id),
-            hold_time: n.map(|n| n.hold_time),
-            keepalive: n.map(|n| n.keepalive),
-            families: n.map(|n| n.families.clone()).unwrap_or_default(),
-            graceful_restart: n.map(|n| n.gr).unwrap_or(false),
-            prefixes: PeerCounts::default(),
-            advertised: self.advertised.values().map(|v| v.len() as u64).sum(),
-            messages_in: self.counters.messages_in,
-            messages_out: self.counters.messages_out,
-            updates_in: self.counters.updates_in,
-            updates_out: self.counters.updates_out,
-            established_count: self.counters.established,
-            end_of_rib_secs: self.eor_at.clone(),
+            self.publish();
         }
     }
 }

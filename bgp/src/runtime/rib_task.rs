@@ -1,331 +1,288 @@
-//! The task that owns the [`Rib`]: it applies what peer tasks send, enforces the maximum
-//! number of prefixes, times out stale routes of restarting peers, and emits the Loc-RIB
-//! changes in batches.
+//! The task that owns the [`Table`]: it feeds it events and timer ticks, hands the Loc-RIB
+//! changes to the consumer in batches, puts what each peer must be sent in the peer's
+//! [`OutQueue`], and publishes counts to the [`Board`].
+//!
+//! ```text
+//!   RibInput (peers, manager) ──► rib task ──RibOutput──► consumer
+//!   RibQuery (handle) ─────────►     │  └─► Board (counts)
+//!                                    └────► OutQueue per peer (never blocks)
+//! ```
+//!
+//! While a batch waits for the consumer, the task answers queries and reads no events.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::debug;
 
-use super::peer::PeerCmd;
-use crate::rib::{PeerCounts, PeerId, PeerInfo, Rib, RibChange, RouteAttrs, RouteView};
-use crate::wire::{Afi, NextHop};
+use super::msg::{Board, OutQueue, RibInput, RibOutput, RibQuery};
+use super::table::{Outputs, PeerOut, Table, TableConfig};
+use crate::rib::{PeerId, RibChange};
 
-/// What the speaker tells its consumer (the FIB).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RibOutput {
-    /// Changes of the selected next hops, in order.
-    Changes(Vec<RibChange>),
-    /// The initial table is complete: every peer present at start sent its End-of-RIB, or the
-    /// sync timeout passed. Sent once. A consumer that kept state from a previous run may
-    /// now remove what the RIB no longer selects.
-    Synced,
-}
-
-/// Prefixes announced with one set of attributes, each with the import policy's verdict.
-pub(crate) type Announced = Vec<(Arc<RouteAttrs>, Vec<(IpNet, bool)>)>;
-
-pub(crate) type AcceptFn = Box<dyn FnMut(&IpNet, &RouteAttrs) -> bool + Send>;
-
-pub(crate) enum RibEvent {
-    PeerUp {
-        id: PeerId,
-        info: PeerInfo,
-        families: Vec<Afi>,
-        /// Families whose forwarding state the peer preserved over its restart (F bit).
-        preserved: Vec<Afi>,
-        max_prefixes: Option<u32>,
-        cmd: mpsc::Sender<PeerCmd>,
-    },
-    PeerDown {
-        id: PeerId,
-        keep: Vec<Afi>,
-        stale_for: u16,
-    },
-    Update {
-        id: PeerId,
-        withdrawn: Vec<IpNet>,
-        announced: Announced,
-    },
-    EndOfRib {
-        id: PeerId,
-        afi: Afi,
-    },
-    Reevaluate {
-        id: PeerId,
-        accept: AcceptFn,
-    },
-    /// The peer was removed from the config: drop its routes now.
-    Remove {
-        id: PeerId,
-    },
-    Query(Query),
-}
-
-pub(crate) enum Query {
-    Routes(oneshot::Sender<Vec<RouteView>>),
-    Counts(oneshot::Sender<HashMap<PeerId, PeerCounts>>),
-    Lookup(Vec<IpNet>, oneshot::Sender<Vec<Vec<NextHop>>>),
-    Selected(oneshot::Sender<Vec<(IpNet, Vec<NextHop>)>>),
-    Summary(oneshot::Sender<((usize, usize), bool)>),
-}
-
-struct PeerState {
-    max_prefixes: Option<u32>,
-    cmd: Option<mpsc::Sender<PeerCmd>>,
-    tripped: bool,
-}
+/// Most Loc-RIB changes in one batch for the consumer.
+const BATCH: usize = 16 * 1024;
+/// Most time spent on events before looking at queries and the consumer again.
+const SLICE: Duration = Duration::from_millis(50);
 
 pub(crate) struct RibTask {
-    rib: Rib,
+    table: Table,
+    start: Instant,
+    queues: HashMap<PeerId, Arc<OutQueue>>,
     out: mpsc::Sender<RibOutput>,
-    peers: HashMap<PeerId, PeerState>,
-    /// Deadline for each restarting peer's stale routes.
-    stale_deadline: HashMap<PeerId, Instant>,
-    stale_time: Duration,
-    /// Peers present at start whose End-of-RIB we still wait for, with the families left.
-    sync_waiting: HashMap<PeerId, Option<HashSet<Afi>>>,
-    sync_deadline: Option<Instant>,
-    synced: bool,
+    /// Batches the consumer has not taken yet.
+    pending: VecDeque<RibOutput>,
+    board: Arc<Board>,
+    dirty: bool,
+    last_publish: Instant,
+    events_since_sweep: usize,
 }
 
 impl RibTask {
     pub(crate) fn spawn(
-        max_paths: usize,
-        initial_peers: Vec<PeerId>,
-        sync_timeout: Duration,
-        stale_time: Duration,
+        cfg: TableConfig,
         out: mpsc::Sender<RibOutput>,
-    ) -> mpsc::Sender<RibEvent> {
+        board: Arc<Board>,
+    ) -> (mpsc::Sender<RibInput>, mpsc::Sender<RibQuery>) {
         let (tx, rx) = mpsc::channel(256);
+        let (qtx, qrx) = mpsc::channel(16);
+        let start = Instant::now();
+        board.rib_alive.store(true, Ordering::Relaxed);
         let task = RibTask {
-            rib: Rib::new(max_paths),
+            table: Table::new(cfg, 0),
+            start,
+            queues: HashMap::new(),
             out,
-            peers: HashMap::new(),
-            stale_deadline: HashMap::new(),
-            stale_time,
-            sync_waiting: initial_peers.into_iter().map(|p| (p, None)).collect(),
-            sync_deadline: Some(Instant::now() + sync_timeout),
-            synced: false,
+            pending: VecDeque::new(),
+            board,
+            dirty: true,
+            last_publish: start,
+            events_since_sweep: 0,
         };
         tokio::spawn(tracing::Instrument::instrument(
-            task.run(rx),
+            task.run(rx, qrx),
             tracing::info_span!("rib"),
         ));
-        tx
+        (tx, qtx)
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<RibEvent>) {
-        self.check_synced().await;
-        let mut changes = Vec::new();
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<RibInput>,
+        mut queries: mpsc::Receiver<RibQuery>,
+    ) {
+        let board = self.board.clone();
+        let _alive = super::msg::AliveGuard(&board.rib_alive);
+        let mut out = Outputs::default();
+        self.table.tick(self.now(), &mut out);
+        self.apply(out);
         loop {
-            let next = self
-                .stale_deadline
-                .values()
-                .copied()
-                .chain(self.sync_deadline)
-                .min();
+            self.publish(false);
+            if !self.pending.is_empty() {
+                // Hold the events back until the consumer takes what it has.
+                tokio::select! {
+                    biased;
+                    q = queries.recv() => match q {
+                        Some(q) => self.query(q),
+                        None => queries = mpsc::channel(1).1,
+                    },
+                    permit = self.out.reserve() => match permit {
+                        Ok(p) => {
+                            if let Some(b) = self.pending.pop_front() {
+                                p.send(b);
+                            }
+                        }
+                        Err(_) => {
+                            debug!("consumer gone");
+                            self.pending.clear();
+                        }
+                    },
+                }
+                continue;
+            }
+            let next = self.table.next_deadline();
+            let sleep_ms = next
+                .map(|d| d.saturating_sub(self.now()))
+                .unwrap_or(3_600_000);
             tokio::select! {
+                biased;
+                q = queries.recv() => match q {
+                    Some(q) => self.query(q),
+                    None => queries = mpsc::channel(1).1,
+                },
                 ev = rx.recv() => {
                     let Some(ev) = ev else { break };
-                    self.event(ev, &mut changes);
-                    // Apply whatever else is already queued before publishing: fewer, larger
-                    // batches for the FIB.
-                    while changes.len() < 16 * 1024 {
+                    let started = Instant::now();
+                    let mut out = Outputs::default();
+                    self.input(ev, &mut out);
+                    // Whatever else is already queued, within a time slice: fewer, larger
+                    // batches for the consumer, and queries still answered promptly.
+                    while out.fib.len() < BATCH && started.elapsed() < SLICE {
                         match rx.try_recv() {
-                            Ok(ev) => self.event(ev, &mut changes),
+                            Ok(ev) => self.input(ev, &mut out),
                             Err(_) => break,
                         }
                     }
+                    // Quiet again: counts go out before the changes do, so that status
+                    // agrees with what the FIB and the peers are about to get. While busy,
+                    // at most every 100 ms.
+                    if rx.is_empty() {
+                        self.publish(true);
+                    }
+                    self.apply(out);
                 }
-                _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now).into()), if next.is_some() => {
-                    self.timers(&mut changes);
+                _ = tokio::time::sleep(Duration::from_millis(sleep_ms.max(1))), if next.is_some() => {
+                    let mut out = Outputs::default();
+                    let now = self.now();
+                    self.table.tick(now, &mut out);
+                    self.apply(out);
+                }
+                // Counts go out at most every 100 ms while busy; once more when it calms.
+                _ = tokio::time::sleep(Duration::from_millis(100)), if self.dirty => {
+                    self.publish(true);
                 }
             }
-            if !changes.is_empty()
-                && self
-                    .out
-                    .send(RibOutput::Changes(std::mem::take(&mut changes)))
-                    .await
-                    .is_err()
-            {
-                debug!("consumer gone");
+        }
+        self.publish(true);
+    }
+
+    fn input(&mut self, ev: RibInput, out: &mut Outputs) {
+        match ev {
+            RibInput::Event(e) => {
+                let now = self.now();
+                self.table.handle(now, e, out);
+                self.events_since_sweep += 1;
+                if self.events_since_sweep > 4096 {
+                    self.events_since_sweep = 0;
+                    self.table.sweep_interned();
+                }
             }
-            self.check_synced().await;
+            RibInput::Queue(id, q) => {
+                self.queues.insert(id, q);
+            }
+            RibInput::Flushed(done) => {
+                // What this slice decided so far goes into the mailboxes first; then wait
+                // for the writers in a task of its own, so that nothing here waits on them.
+                let before = std::mem::take(out);
+                self.apply(before);
+                let waits: Vec<oneshot::Receiver<()>> = self
+                    .queues
+                    .values()
+                    .map(|q| {
+                        let (tx, rx) = oneshot::channel();
+                        q.barrier(tx);
+                        rx
+                    })
+                    .collect();
+                tokio::spawn(async move {
+                    for w in waits {
+                        let _ = tokio::time::timeout(Duration::from_secs(5), w).await;
+                    }
+                    let _ = done.send(());
+                });
+            }
+        }
+        self.dirty = true;
+    }
+
+    /// Carry out what the table decided: peers' mailboxes first (they never block), then
+    /// the consumer's batches.
+    fn apply(&mut self, out: Outputs) {
+        let mut routes: HashMap<PeerId, Vec<_>> = HashMap::new();
+        let flush = |routes: &mut HashMap<PeerId, Vec<_>>,
+                     queues: &HashMap<PeerId, Arc<OutQueue>>| {
+            for (id, list) in routes.drain() {
+                if let Some(q) = queues.get(&id) {
+                    q.push(list);
+                }
+            }
+        };
+        for p in out.peers {
+            match p {
+                PeerOut::Route { id, prefix, route } => {
+                    routes.entry(id).or_default().push((prefix, route));
+                }
+                other => {
+                    // Keep the order of routes and markers for each peer.
+                    flush(&mut routes, &self.queues);
+                    match other {
+                        PeerOut::Reset { id, session } => {
+                            if let Some(q) = self.queues.get(&id) {
+                                q.reset(session);
+                            }
+                            if session == 0 {
+                                // A removed peer's mailbox goes with it.
+                                if !self.table.has_peer(id) {
+                                    self.queues.remove(&id);
+                                }
+                            }
+                        }
+                        PeerOut::EndOfRib { id, afi } => {
+                            if let Some(q) = self.queues.get(&id) {
+                                q.end_of_rib(afi);
+                            }
+                        }
+                        PeerOut::MaxPrefix { id, limit } => {
+                            if let Some(q) = self.queues.get(&id) {
+                                q.signal_max_prefix(limit);
+                            }
+                        }
+                        PeerOut::Route { .. } => {}
+                    }
+                }
+            }
+        }
+        flush(&mut routes, &self.queues);
+        let mut fib: Vec<RibChange> = out.fib;
+        while !fib.is_empty() {
+            let rest = if fib.len() > BATCH {
+                fib.split_off(BATCH)
+            } else {
+                Vec::new()
+            };
+            self.pending.push_back(RibOutput::Changes(fib));
+            fib = rest;
+        }
+        if out.synced {
+            self.pending.push_back(RibOutput::Synced);
+        }
+        // The consumer gets what it can take at once; the rest waits in `pending`.
+        while let Some(b) = self.pending.pop_front() {
+            match self.out.try_send(b) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(b)) => {
+                    self.pending.push_front(b);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.pending.clear();
+                    break;
+                }
+            }
         }
     }
 
-    async fn check_synced(&mut self) {
-        if self.synced {
+    fn query(&self, q: RibQuery) {
+        match q {
+            RibQuery::Routes(tx) => {
+                let _ = tx.send(self.table.rib().view());
+            }
+        }
+    }
+
+    fn publish(&mut self, force: bool) {
+        if !self.dirty || (!force && self.last_publish.elapsed() < Duration::from_millis(100)) {
             return;
         }
-        let done =
-            self.sync_waiting.is_empty() || self.sync_deadline.is_some_and(|d| Instant::now() >= d);
-        if done {
-            if !self.sync_waiting.is_empty() {
-                info!(
-                    waiting = self.sync_waiting.len(),
-                    "initial sync timed out waiting for End-of-RIB"
-                );
-            }
-            self.synced = true;
-            self.sync_deadline = None;
-            self.sync_waiting.clear();
-            let _ = self.out.send(RibOutput::Synced).await;
-        }
-    }
-
-    fn timers(&mut self, changes: &mut Vec<RibChange>) {
-        let now = Instant::now();
-        let expired: Vec<PeerId> = self
-            .stale_deadline
-            .iter()
-            .filter(|(_, d)| **d <= now)
-            .map(|(p, _)| *p)
-            .collect();
-        for p in expired {
-            self.stale_deadline.remove(&p);
-            let before = changes.len();
-            self.rib.sweep_stale(p, None, changes);
-            info!(
-                peer = p,
-                removed = changes.len() - before,
-                "stale routes timed out"
-            );
-        }
-    }
-
-    fn event(&mut self, ev: RibEvent, changes: &mut Vec<RibChange>) {
-        match ev {
-            RibEvent::PeerUp {
-                id,
-                info,
-                families,
-                preserved,
-                max_prefixes,
-                cmd,
-            } => {
-                self.rib.set_peer(id, info);
-                self.peers.insert(
-                    id,
-                    PeerState {
-                        max_prefixes,
-                        cmd: Some(cmd),
-                        tripped: false,
-                    },
-                );
-                // RFC 4724 4.2: families the peer did not preserve lose their stale routes
-                // at once; the others keep them until End-of-RIB or the stale timer.
-                for afi in Afi::ALL {
-                    if !preserved.contains(&afi) || !families.contains(&afi) {
-                        self.rib.sweep_stale(id, Some(afi), changes);
-                    }
-                }
-                if self.rib.counts(id).stale > 0 {
-                    self.stale_deadline
-                        .insert(id, Instant::now() + self.stale_time);
-                } else {
-                    self.stale_deadline.remove(&id);
-                }
-                if let Some(w) = self.sync_waiting.get_mut(&id) {
-                    *w = Some(families.into_iter().collect());
-                }
-            }
-            RibEvent::PeerDown {
-                id,
-                keep,
-                stale_for,
-            } => {
-                self.rib.peer_down(id, &keep, changes);
-                if !keep.is_empty() && self.rib.counts(id).stale > 0 {
-                    self.stale_deadline.insert(
-                        id,
-                        Instant::now() + Duration::from_secs(stale_for.max(1) as u64),
-                    );
-                }
-            }
-            RibEvent::Update {
-                id,
-                withdrawn,
-                announced,
-            } => {
-                for p in withdrawn {
-                    self.rib.withdraw(id, p, changes);
-                }
-                for (attrs, list) in announced {
-                    for (p, ok) in list {
-                        self.rib.announce(id, p, attrs.clone(), ok, changes);
-                    }
-                }
-                self.check_max(id);
-            }
-            RibEvent::EndOfRib { id, afi } => {
-                self.rib.sweep_stale(id, Some(afi), changes);
-                if self.rib.counts(id).stale == 0 {
-                    self.stale_deadline.remove(&id);
-                }
-                if let Some(Some(fams)) = self.sync_waiting.get_mut(&id) {
-                    fams.remove(&afi);
-                    if fams.is_empty() {
-                        self.sync_waiting.remove(&id);
-                    }
-                }
-            }
-            RibEvent::Reevaluate { id, accept } => {
-                self.rib.reevaluate(id, accept, changes);
-                self.check_max(id);
-            }
-            RibEvent::Remove { id } => {
-                self.rib.peer_down(id, &[], changes);
-                self.rib.sweep_stale(id, None, changes);
-                self.peers.remove(&id);
-                self.stale_deadline.remove(&id);
-                self.sync_waiting.remove(&id);
-            }
-            RibEvent::Query(q) => self.query(q),
-        }
-    }
-
-    fn check_max(&mut self, id: PeerId) {
-        let accepted = self.rib.counts(id).accepted;
-        if let Some(st) = self.peers.get_mut(&id)
-            && let Some(max) = st.max_prefixes
-            && accepted > max as u64
-            && !st.tripped
-        {
-            st.tripped = true;
-            warn!(peer = id, accepted, max, "maximum prefixes exceeded");
-            if let Some(cmd) = &st.cmd {
-                let _ = cmd.try_send(PeerCmd::MaxPrefix(max));
-            }
-        }
-    }
-
-    fn query(&self, q: Query) {
-        match q {
-            Query::Routes(tx) => {
-                let _ = tx.send(self.rib.view());
-            }
-            Query::Counts(tx) => {
-                let _ = tx.send(
-                    self.peers
-                        .keys()
-                        .map(|p| (*p, self.rib.counts(*p)))
-                        .collect(),
-                );
-            }
-            Query::Lookup(prefixes, tx) => {
-                let _ = tx.send(prefixes.iter().map(|p| self.rib.next_hops(p)).collect());
-            }
-            Query::Selected(tx) => {
-                let _ = tx.send(self.rib.selected().collect());
-            }
-            Query::Summary(tx) => {
-                let _ = tx.send((self.rib.selected_count(), self.synced));
-            }
-        }
+        let snap = self.table.snapshot();
+        *self.board.rib.lock().unwrap_or_else(|e| e.into_inner()) = snap;
+        self.dirty = false;
+        self.last_publish = Instant::now();
     }
 }

@@ -18,8 +18,8 @@ use std::fmt;
 pub use notification::{NotificationMsg, codes};
 pub use open::{Capabilities, GracefulRestartCap, OpenMsg};
 pub use update::{
-    AsPath, AsSegment, AttrError, ErrorAction, NextHop, Origin, PathAttrs, Reach, UpdateMsg, attr,
-    encode_updates,
+    AsPath, AsSegment, AttrError, ErrorAction, NextHop, Origin, PathAttrs, RawAttr, Reach,
+    UpdateMsg, attr, community, encode_updates,
 };
 
 /// Length of the message header (marker, length, type).
@@ -41,7 +41,9 @@ pub mod msg_type {
 }
 
 /// The unicast address families Petrel speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Afi {
     Ipv4,

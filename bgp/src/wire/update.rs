@@ -18,6 +18,7 @@ use netgauze_bgp_pkt::path_attribute::{
     Aggregator, As2PathSegment, As4PathSegment, AsPathSegmentType, ClusterId, ClusterList,
     Communities, LargeCommunities, LocalPreference, MpReach, MpUnreach, MultiExitDiscriminator,
     NextHop as NgNextHop, Origin as NgOrigin, Originator, PathAttribute, PathAttributeValue,
+    UnknownAttribute,
 };
 use netgauze_bgp_pkt::update::BgpUpdateMessage;
 use netgauze_parse_utils::WritablePdu;
@@ -48,10 +49,24 @@ pub mod attr {
 }
 
 const FLAG_OPTIONAL: u8 = 0x80;
+const FLAG_TRANSITIVE: u8 = 0x40;
+const FLAG_PARTIAL: u8 = 0x20;
 const FLAG_EXTENDED_LENGTH: u8 = 0x10;
 
 /// ORIGIN (RFC 4271 5.1.1); the order is the decision-process order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
     #[default]
@@ -61,7 +76,7 @@ pub enum Origin {
 }
 
 /// One AS_PATH segment (RFC 4271 4.3, RFC 5065 for the confederation types).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct AsSegment {
     /// 1 AS_SET, 2 AS_SEQUENCE, 3 AS_CONFED_SEQUENCE, 4 AS_CONFED_SET.
     pub kind: u8,
@@ -73,7 +88,7 @@ pub const AS_SEQUENCE: u8 = 2;
 pub const AS_CONFED_SEQUENCE: u8 = 3;
 pub const AS_CONFED_SET: u8 = 4;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub struct AsPath {
     pub segments: Vec<AsSegment>,
 }
@@ -170,7 +185,8 @@ impl std::fmt::Display for AsPath {
 
 /// The path attributes Petrel keeps. The next hop is not here: it belongs to a family
 /// ([`Reach`]), since one UPDATE can carry IPv4 and IPv6 routes with different next hops.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct PathAttrs {
     pub origin: Origin,
     pub as_path: AsPath,
@@ -182,6 +198,68 @@ pub struct PathAttrs {
     pub large_communities: Vec<[u32; 3]>,
     pub originator_id: Option<Ipv4Addr>,
     pub cluster_list: Vec<Ipv4Addr>,
+    /// EXTENDED_COMMUNITIES (RFC 4360), each as its 8 bytes in network order.
+    pub ext_communities: Vec<u64>,
+    /// Optional attributes Petrel does not interpret, kept as received so that they can be
+    /// shown and, the transitive ones, passed on (RFC 4271 5, with the Partial bit set).
+    pub unknown: Vec<RawAttr>,
+}
+
+/// An optional path attribute kept as bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct RawAttr {
+    pub flags: u8,
+    pub code: u8,
+    pub value: Box<[u8]>,
+}
+
+impl RawAttr {
+    pub fn transitive(&self) -> bool {
+        self.flags & FLAG_TRANSITIVE != 0
+    }
+}
+
+/// Well-known communities (RFC 1997, RFC 8326, RFC 7999).
+pub mod community {
+    pub const NO_EXPORT: u32 = 0xFFFF_FF01;
+    pub const NO_ADVERTISE: u32 = 0xFFFF_FF02;
+    pub const NO_EXPORT_SUBCONFED: u32 = 0xFFFF_FF03;
+    pub const GRACEFUL_SHUTDOWN: u32 = 0xFFFF_0000;
+    pub const BLACKHOLE: u32 = 0xFFFF_029A;
+
+    /// `65000:100`, or the name of a well-known community.
+    pub fn format(c: u32) -> String {
+        match c {
+            NO_EXPORT => "no_export".into(),
+            NO_ADVERTISE => "no_advertise".into(),
+            NO_EXPORT_SUBCONFED => "no_export_subconfed".into(),
+            GRACEFUL_SHUTDOWN => "graceful_shutdown".into(),
+            BLACKHOLE => "blackhole".into(),
+            c => format!("{}:{}", c >> 16, c & 0xffff),
+        }
+    }
+
+    /// An extended community (RFC 4360, RFC 5668, RFC 7153) in the usual text forms:
+    /// `rt 65000:100`, `ro 192.0.2.1:7`, or the type and hex value for others.
+    pub fn format_ext(c: u64) -> String {
+        let b = c.to_be_bytes();
+        let (ty, sub) = (b[0], b[1]);
+        let name = match sub {
+            0x02 => "rt",
+            0x03 => "ro",
+            _ => "",
+        };
+        let g2 = u16::from_be_bytes([b[2], b[3]]);
+        let l4 = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+        let g4 = u32::from_be_bytes([b[2], b[3], b[4], b[5]]);
+        let l2 = u16::from_be_bytes([b[6], b[7]]);
+        match (ty & 0x3f, name.is_empty()) {
+            (0x00, false) => format!("{name} {g2}:{l4}"),
+            (0x01, false) => format!("{name} {}:{l2}", std::net::Ipv4Addr::from(g4)),
+            (0x02, false) => format!("{name} {g4}:{l2}"),
+            _ => format!("0x{c:016x}"),
+        }
+    }
 }
 
 /// Where a route points. Serialized as the address routed through (for IPv6 the global
@@ -209,6 +287,20 @@ impl NextHop {
 impl serde::Serialize for NextHop {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&self.addr())
+    }
+}
+
+/// Read back from the address alone (the link-local part of an IPv6 next hop is not kept).
+impl<'de> serde::Deserialize<'de> for NextHop {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.parse::<IpAddr>().map_err(serde::de::Error::custom)? {
+            IpAddr::V4(a) => Ok(NextHop::V4(a)),
+            IpAddr::V6(a) => Ok(NextHop::V6 {
+                global: a,
+                link_local: None,
+            }),
+        }
     }
 }
 
@@ -294,6 +386,12 @@ fn action_for(code: u8) -> Option<ErrorAction> {
         // not use.
         _ => Some(ErrorAction::Discard),
     }
+}
+
+/// Attributes Petrel reads into [`PathAttrs`] fields; every other valid optional attribute
+/// goes to [`PathAttrs::unknown`].
+fn interpreted(code: u8) -> bool {
+    matches!(code, 1..=10 | 14..=18 | 32)
 }
 
 fn is_known(code: u8) -> bool {
@@ -446,6 +544,24 @@ pub(crate) fn decode(msg: &[u8], codec: &Codec) -> Result<UpdateMsg, DecodeError
             // RFC 4456 8 via RFC 7606 7.9 and 7.10).
             attr::LOCAL_PREF | attr::ORIGINATOR_ID | attr::CLUSTER_LIST if !codec.ibgp => {}
             _ => match PathAttribute::parse(&mut SliceReader::new(raw), &mut ctx) {
+                Ok(_) if code == attr::EXT_COMMUNITIES => {
+                    b.out.attrs.ext_communities = value
+                        .chunks_exact(8)
+                        .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
+                        .collect();
+                }
+                Ok(pa) if !interpreted(code) => {
+                    // Valid, not ours to interpret: kept as bytes (flags without the
+                    // extended-length bit, which encoding chooses again).
+                    if flags & FLAG_OPTIONAL != 0 {
+                        b.out.attrs.unknown.push(RawAttr {
+                            flags: flags & !FLAG_EXTENDED_LENGTH,
+                            code,
+                            value: value.into(),
+                        });
+                    }
+                    let _ = pa;
+                }
                 Ok(pa) => apply(&mut b, pa.value().clone(), codec),
                 Err(e) => match action_for(code) {
                     Some(action) => b.error(code, action, format!("attribute {code}: {e}")),
@@ -732,8 +848,8 @@ fn apply(b: &mut Builder, v: PathAttributeValue, codec: &Codec) {
         PathAttributeValue::ClusterList(c) => {
             a.cluster_list = c.cluster_list().iter().map(|c| c.id()).collect()
         }
-        // Extended communities, AIGP, BGP-LS, prefix SID, OTC and unknown optional
-        // attributes: valid, not used by Petrel (which re-advertises nothing it learns).
+        // Extended communities and the attributes not interpreted are kept as bytes by
+        // decode() before it gets here.
         _ => {}
     }
 }
@@ -922,7 +1038,38 @@ fn attrs_to_netgauze(attrs: &PathAttrs, codec: &Codec) -> Vec<PathAttribute> {
             )),
         ));
     }
+    if !attrs.ext_communities.is_empty() {
+        let bytes: Vec<u8> = attrs
+            .ext_communities
+            .iter()
+            .flat_map(|c| c.to_be_bytes())
+            .collect();
+        out.extend(raw_pa(
+            FLAG_OPTIONAL | FLAG_TRANSITIVE,
+            attr::EXT_COMMUNITIES,
+            &bytes,
+        ));
+    }
+    for u in &attrs.unknown {
+        // Only optional attributes are ever kept; non-transitive ones are not for other
+        // speakers (RFC 4271 5), transitive ones go on marked partial since we did not
+        // recognise them.
+        if u.transitive() {
+            out.extend(raw_pa(u.flags | FLAG_PARTIAL, u.code, &u.value));
+        }
+    }
     out
+}
+
+fn raw_pa(flags: u8, code: u8, value: &[u8]) -> Option<PathAttribute> {
+    PathAttribute::from(
+        flags & FLAG_OPTIONAL != 0,
+        flags & FLAG_TRANSITIVE != 0,
+        flags & FLAG_PARTIAL != 0,
+        true,
+        PathAttributeValue::UnknownAttribute(UnknownAttribute::new(code, value.to_vec())),
+    )
+    .ok()
 }
 
 fn v4_addrs(nets: &[IpNet]) -> Vec<Ipv4UnicastAddress> {
