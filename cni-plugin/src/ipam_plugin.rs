@@ -10,7 +10,6 @@
 //! from the agent's file (or, in Kubernetes mode, from the running agent's status); or
 //! `"agent_socket": "/run/petrel/petrel.sock"`: from the running agent directly.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -117,24 +116,12 @@ fn agent_pod_cidrs(socket: &Path) -> Result<Vec<IpNet>, CniError> {
             d,
         )
     };
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
-        .map_err(|e| unavailable(format!("petrel agent at {}: {e}", socket.display())))?;
-    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-    s.write_all(b"{\"get\":\"status\"}\n")
+    let st = petrel_control::status(socket, std::time::Duration::from_secs(5))
         .map_err(|e| unavailable(e.to_string()))?;
-    let mut line = String::new();
-    BufReader::new(s)
-        .read_line(&mut line)
-        .map_err(|e| unavailable(e.to_string()))?;
-    let v: Value = serde_json::from_str(&line).map_err(|e| unavailable(e.to_string()))?;
-    let cidrs: Vec<IpNet> = v["node"]["pod_cidrs"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|c| c.as_str()?.parse().ok()).collect())
-        .unwrap_or_default();
-    if cidrs.is_empty() {
+    if st.node.pod_cidrs.is_empty() {
         return Err(unavailable("the Node object has no podCIDRs yet".into()));
     }
-    Ok(cidrs)
+    Ok(st.node.pod_cidrs)
 }
 
 /// The pools to allocate from.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use petrel_tests::bird::{self, Bird};
 use petrel_tests::kube_fake::FakeApi;
 use petrel_tests::petrel::Petrel;
-use petrel_tests::{Netns, TestDir, link, wait_until_or};
+use petrel_tests::{Netns, TestDir, cni, link, wait_until_or};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -59,6 +59,27 @@ protocol bgp petrel {{
         "{st}"
     );
     assert!(!b.has_route("10.244.7.0/24"));
+    // petrel-ipam, asking the agent for the pod CIDRs: none yet, "try again later" (11).
+    let netns = cni::netns_path(&n);
+    let ipam = |cmd: &str, id: &str| {
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "k8snet", "type": "petrel-cni",
+            "ipam": { "type": "petrel-ipam", "agent_socket": p.socket, "data_dir": dir.file("ipam") }
+        })
+        .to_string();
+        cni::run_direct(
+            &n,
+            &petrel_tests::bin("petrel-ipam").display().to_string(),
+            cmd,
+            id,
+            &netns,
+            "eth0",
+            &conf,
+        )
+    };
+    let early = ipam("ADD", "c1");
+    assert!(!early.ok, "{}", early.stdout);
+    assert_eq!(early.code(), Some(11), "{}", early.stdout);
 
     // The CIDRs are allocated: advertised at once, blackholed locally.
     api.set_pod_cidrs(&["10.244.7.0/24", "fd00:10:244:7::/64"]);
@@ -70,6 +91,15 @@ protocol bgp petrel {{
     );
     assert!(n.routes4("proto 200").contains("blackhole 10.244.7.0/24"));
     assert_eq!(p.status()["node"]["pod_cidrs"][0], "10.244.7.0/24");
+    // Now petrel-ipam gets addresses from them, through the agent's status answer.
+    let got = ipam("ADD", "c1");
+    assert!(got.ok, "{}{}", got.stdout, got.stderr);
+    let ips = got.json()["ips"].to_string();
+    assert!(
+        ips.contains("10.244.7.") && ips.contains("fd00:10:244:7::"),
+        "{ips}"
+    );
+    assert!(ipam("DEL", "c1").ok);
     // The requests were a list then a watch, for this node only.
     let reqs = api.requests.lock().unwrap().clone();
     assert!(
