@@ -88,6 +88,25 @@ impl Frr {
         })
     }
 
+    /// Configuration lines in `configure terminal`, in order (sub-modes as the lines enter
+    /// them), failing the test if vtysh does.
+    pub fn vtysh_conf(&self, lines: &[&str]) {
+        let mut c = Command::new("vtysh");
+        c.arg("--vty_socket")
+            .arg(&self.dir)
+            .args(["-c", "configure terminal"]);
+        for l in lines {
+            c.args(["-c", l]);
+        }
+        let out = c.output().expect("vtysh");
+        assert!(
+            out.status.success(),
+            "vtysh {lines:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `show bgp neighbors ADDR json`, the neighbor's object.
     pub fn neighbor(&self, addr: &str) -> serde_json::Value {
         let v: serde_json::Value =

@@ -450,3 +450,44 @@ pub fn pids_with_arg(arg: &str) -> Vec<i32> {
     }
     out
 }
+
+/// `ip -j route show PREFIX proto 200` in `ns`, as JSON (None when absent).
+pub fn kernel_route(ns: &Netns, prefix: &str) -> Option<serde_json::Value> {
+    let fam = if prefix.contains(':') { "-6" } else { "-4" };
+    let out = ns.sh(&format!("ip -j {fam} route show {prefix} proto 200"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v.as_array()?.iter().find(|r| r["dst"] == prefix).cloned()
+}
+
+/// The gateways of a kernel route (one for a plain route, several for ECMP).
+pub fn gateways(r: &serde_json::Value) -> Vec<String> {
+    let mut g: Vec<String> = match r["nexthops"].as_array() {
+        Some(hops) => hops
+            .iter()
+            .filter_map(|h| h["gateway"].as_str().map(String::from))
+            .collect(),
+        None => r["gateway"]
+            .as_str()
+            .map(String::from)
+            .into_iter()
+            .collect(),
+    };
+    g.sort();
+    g
+}
+
+pub fn wait_gateways(ns: &Netns, prefix: &str, want: &[&str], timeout: Duration) -> Duration {
+    let start = Instant::now();
+    wait_until_or(
+        &format!("{prefix} via {want:?} in the FIB"),
+        timeout,
+        || {
+            let got = kernel_route(ns, prefix)
+                .map(|r| gateways(&r))
+                .unwrap_or_default();
+            (got == want).then_some(())
+        },
+        || ns.routes4(""),
+    );
+    start.elapsed()
+}

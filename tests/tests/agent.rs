@@ -7,51 +7,11 @@ use std::time::{Duration, Instant};
 use petrel_tests::bird::{self, Bird};
 use petrel_tests::frr::Frr;
 use petrel_tests::petrel::Petrel;
-use petrel_tests::{Netns, TestDir, link, router_and_node, wait_until_or};
-use serde_json::Value;
+use petrel_tests::{
+    Netns, TestDir, kernel_route, link, router_and_node, wait_gateways, wait_until_or,
+};
 
 const T: Duration = Duration::from_secs(30);
-
-/// `ip -j route show PREFIX proto 200` in `ns`, as JSON (None when absent).
-fn kernel_route(ns: &Netns, prefix: &str) -> Option<Value> {
-    let fam = if prefix.contains(':') { "-6" } else { "-4" };
-    let out = ns.sh(&format!("ip -j {fam} route show {prefix} proto 200"));
-    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    v.as_array()?.iter().find(|r| r["dst"] == prefix).cloned()
-}
-
-/// The gateways of a kernel route (one for a plain route, several for ECMP).
-fn gateways(r: &Value) -> Vec<String> {
-    let mut g: Vec<String> = match r["nexthops"].as_array() {
-        Some(hops) => hops
-            .iter()
-            .filter_map(|h| h["gateway"].as_str().map(String::from))
-            .collect(),
-        None => r["gateway"]
-            .as_str()
-            .map(String::from)
-            .into_iter()
-            .collect(),
-    };
-    g.sort();
-    g
-}
-
-fn wait_gateways(ns: &Netns, prefix: &str, want: &[&str], timeout: Duration) -> Duration {
-    let start = Instant::now();
-    wait_until_or(
-        &format!("{prefix} via {want:?} in the FIB"),
-        timeout,
-        || {
-            let got = kernel_route(ns, prefix)
-                .map(|r| gateways(&r))
-                .unwrap_or_default();
-            (got == want).then_some(())
-        },
-        || ns.routes4(""),
-    );
-    start.elapsed()
-}
 
 fn bird_conf(id: &str, local: &str, peer: &str, extra_static: &str, gr: &str) -> String {
     format!(
