@@ -1,33 +1,29 @@
 //! The few rtnetlink operations a CNI call needs, synchronous: a plugin lives for
 //! milliseconds, and a blocking socket per network namespace is the cheapest way to talk to
-//! the kernel. Messages are built with netlink-packet-route (and rtnetlink's builders).
+//! the kernel. The socket, its request loop and route parsing are petrel-netlink's (shared
+//! with the agent's FIB); messages are built with netlink-packet-route.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::RawFd;
 
 use ipnet::IpNet;
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
-};
-use netlink_packet_route::address::{
+use petrel_netlink::netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use petrel_netlink::netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
-use netlink_packet_route::link::{
+use petrel_netlink::netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+use petrel_netlink::netlink_packet_route::route::{
+    RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use petrel_netlink::netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use petrel_netlink::{Socket, family, route_address as raddr};
 
 /// A netlink socket in the network namespace of the thread that opened it.
 pub struct Nl {
     sock: Socket,
-    seq: u32,
-    buf: Vec<u8>,
 }
 
 /// A link as the kernel reports it.
@@ -57,32 +53,10 @@ pub fn mac_string(mac: &[u8]) -> String {
         .join(":")
 }
 
-fn family(a: &IpAddr) -> AddressFamily {
-    match a {
-        IpAddr::V4(_) => AddressFamily::Inet,
-        IpAddr::V6(_) => AddressFamily::Inet6,
-    }
-}
-
-fn raddr(a: IpAddr) -> RouteAddress {
-    match a {
-        IpAddr::V4(a) => RouteAddress::Inet(a),
-        IpAddr::V6(a) => RouteAddress::Inet6(a),
-    }
-}
-
 impl Nl {
     pub fn open() -> io::Result<Nl> {
-        let mut sock = Socket::new(NETLINK_ROUTE)?;
-        sock.bind_auto()?;
-        sock.connect(&SocketAddr::new(0, 0))?;
-        sock.set_ext_ack(true)?;
         Ok(Nl {
-            sock,
-            seq: 1,
-            // Answers are a few hundred bytes, dumps come in chunks of at most a page or two
-            // per recv.
-            buf: vec![0u8; 32 * 1024],
+            sock: Socket::open()?,
         })
     }
 
@@ -92,50 +66,7 @@ impl Nl {
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> io::Result<Vec<RouteNetlinkMessage>> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let mut hdr = NetlinkHeader::default();
-        // Every request that is not a dump asks for an ACK: that is how we know its answer
-        // is complete (a GET would otherwise send its one message and nothing after).
-        hdr.flags = if flags & NLM_F_DUMP == NLM_F_DUMP {
-            NLM_F_REQUEST | flags
-        } else {
-            NLM_F_REQUEST | NLM_F_ACK | flags
-        };
-        hdr.sequence_number = seq;
-        let mut m = NetlinkMessage::new(hdr, NetlinkPayload::InnerMessage(msg));
-        m.finalize();
-        let mut out = vec![0u8; m.buffer_len()];
-        m.serialize(&mut out);
-        self.sock.send(&out, 0)?;
-        let mut replies = Vec::new();
-        loop {
-            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
-            let mut off = 0;
-            while off < n {
-                let reply =
-                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..n])
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let len = reply.header.length as usize;
-                if reply.header.sequence_number == seq {
-                    match reply.payload {
-                        NetlinkPayload::Error(e) => {
-                            return match e.code {
-                                Some(c) => Err(io::Error::from_raw_os_error(-c.get())),
-                                None => Ok(replies),
-                            };
-                        }
-                        NetlinkPayload::Done(_) => return Ok(replies),
-                        NetlinkPayload::InnerMessage(m) => replies.push(m),
-                        _ => {}
-                    }
-                }
-                if len == 0 {
-                    break;
-                }
-                off += (len + 3) & !3;
-            }
-        }
+        self.sock.request(msg, flags)
     }
 
     fn link_of(m: LinkMessage) -> Link {
@@ -361,34 +292,12 @@ impl Nl {
             if rt.header.table != RouteHeader::RT_TABLE_MAIN {
                 continue;
             }
-            let mut dst: Option<IpAddr> = None;
-            let mut gw = None;
-            let mut oif = None;
-            for a in &rt.attributes {
-                match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(a)) => {
-                        dst = Some(IpAddr::V4(*a))
-                    }
-                    RouteAttribute::Destination(RouteAddress::Inet6(a)) => {
-                        dst = Some(IpAddr::V6(*a))
-                    }
-                    RouteAttribute::Gateway(RouteAddress::Inet(a)) => gw = Some(IpAddr::V4(*a)),
-                    RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gw = Some(IpAddr::V6(*a)),
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    _ => {}
-                }
-            }
-            let dst = dst.unwrap_or(if v6 {
-                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-            } else {
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-            });
-            if let Ok(dst) = IpNet::new(dst, rt.header.destination_prefix_length) {
+            if let Some(r) = petrel_netlink::route::parse(&rt) {
                 out.push(RouteEntry {
-                    dst,
-                    gateway: gw,
-                    oif,
-                    scope_link: rt.header.scope == RouteScope::Link,
+                    dst: r.dst,
+                    gateway: r.gateways.first().copied(),
+                    oif: r.oif,
+                    scope_link: r.scope == RouteScope::Link,
                 });
             }
         }

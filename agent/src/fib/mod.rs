@@ -76,9 +76,9 @@ fn spawn_writer(tag: RouteTag) -> std::io::Result<(mpsc::Sender<Job>, u32)> {
 /// the FIB task; bound 64; the thread waits when it is full (the kernel then buffers, and
 /// overflows into ENOBUFS, which makes us resync).
 fn spawn_monitor(tag: RouteTag, ours: u32) -> std::io::Result<mpsc::Receiver<Option<Vec<IpNet>>>> {
-    use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
-    use netlink_packet_route::RouteNetlinkMessage;
-    use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+    use petrel_netlink::netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+    use petrel_netlink::netlink_packet_route::RouteNetlinkMessage;
+    use petrel_netlink::netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
     const RTMGRP_IPV4_ROUTE: u32 = 0x40;
     const RTMGRP_IPV6_ROUTE: u32 = 0x400;
@@ -103,22 +103,14 @@ fn spawn_monitor(tag: RouteTag, ours: u32) -> std::io::Result<mpsc::Receiver<Opt
                     Err(_) => return,
                 };
                 let mut gone = Vec::new();
-                let mut off = 0;
-                while off + 16 <= n {
-                    let len =
-                        u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or([0; 4])) as usize;
-                    if len < 16 || off + len > n {
-                        break;
-                    }
-                    if let Ok(m) =
-                        NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..off + len])
+                for (_, m) in petrel_netlink::headers(&buf[..n]) {
+                    if let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(m)
                         && let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r)) =
                             m.payload
                         && let Some(k) = netlink::parse_route(&r, &tag)
                     {
                         gone.push(k.prefix);
                     }
-                    off += (len + 3) & !3;
                 }
                 if !gone.is_empty() && tx.blocking_send(Some(gone)).is_err() {
                     return;

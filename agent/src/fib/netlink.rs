@@ -6,19 +6,15 @@
 //! own work. Only routes tagged with our protocol number in our table are ever touched.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload,
+use petrel_netlink::netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use petrel_netlink::netlink_packet_route::route::{
+    RouteAttribute, RouteHeader, RouteMessage, RouteNextHop, RouteProtocol, RouteScope, RouteType,
 };
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteNextHop, RouteProtocol,
-    RouteScope, RouteType,
-};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use petrel_netlink::netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use petrel_netlink::{NLMSG_ERROR, Socket, error_code, headers, route_address};
 
 /// Where a route sends its packets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,10 +89,8 @@ pub struct Netlink {
     sock: Socket,
     /// Our netlink port id: the kernel's notifications of our own changes carry it.
     pub port: u32,
-    seq: u32,
     tag: RouteTag,
     buf: Vec<u8>,
-    rx: Vec<u8>,
 }
 
 /// Most bytes of requests in one send.
@@ -104,20 +98,15 @@ const BATCH_BYTES: usize = 60 * 1024;
 
 impl Netlink {
     pub fn open(tag: RouteTag) -> io::Result<Netlink> {
-        let mut sock = Socket::new(NETLINK_ROUTE)?;
-        let port = sock.bind_auto()?.port_number();
-        sock.connect(&SocketAddr::new(0, 0))?;
+        let mut sock = Socket::open()?;
         // ACKs without the request echoed back; room for a whole batch of them.
         sock.set_cap_ack(true)?;
-        sock.set_ext_ack(true)?;
-        let _ = sock.set_rx_buf_sz(4 * 1024 * 1024);
+        sock.set_rx_buf(4 * 1024 * 1024, 256 * 1024);
         Ok(Netlink {
+            port: sock.port(),
             sock,
-            port,
-            seq: 1,
             tag,
             buf: Vec::with_capacity(BATCH_BYTES + 4096),
-            rx: vec![0u8; 256 * 1024],
         })
     }
 
@@ -136,10 +125,8 @@ impl Netlink {
         m.header.protocol = RouteProtocol::from(t.protocol);
         m.header.scope = RouteScope::Universe;
         m.header.kind = kind;
-        m.attributes.push(RouteAttribute::Destination(match prefix {
-            IpNet::V4(n) => RouteAddress::Inet(n.network()),
-            IpNet::V6(n) => RouteAddress::Inet6(n.network()),
-        }));
+        m.attributes
+            .push(RouteAttribute::Destination(route_address(prefix.network())));
         m.attributes.push(RouteAttribute::Table(t.table));
         m.attributes.push(RouteAttribute::Priority(t.metric));
         m
@@ -154,13 +141,16 @@ impl Netlink {
         let mut m = self.header(&self.tag, prefix, kind);
         if let Target::Via(gws) = target {
             match gws.as_slice() {
-                [one] => m.attributes.push(RouteAttribute::Gateway(gw(*one))),
+                [one] => m
+                    .attributes
+                    .push(RouteAttribute::Gateway(route_address(*one))),
                 many => {
                     let hops = many
                         .iter()
                         .map(|g| {
                             let mut hop = RouteNextHop::default();
-                            hop.attributes.push(RouteAttribute::Gateway(gw(*g)));
+                            hop.attributes
+                                .push(RouteAttribute::Gateway(route_address(*g)));
                             hop
                         })
                         .collect();
@@ -171,20 +161,6 @@ impl Netlink {
         m
     }
 
-    fn push(&mut self, payload: RouteNetlinkMessage, flags: u16) -> u32 {
-        let seq = self.seq;
-        self.seq = self.seq.wrapping_add(1).max(1);
-        let mut hdr = NetlinkHeader::default();
-        hdr.flags = flags;
-        hdr.sequence_number = seq;
-        let mut msg = NetlinkMessage::new(hdr, NetlinkPayload::InnerMessage(payload));
-        msg.finalize();
-        let at = self.buf.len();
-        self.buf.resize(at + msg.buffer_len(), 0);
-        msg.serialize(&mut self.buf[at..]);
-        seq
-    }
-
     /// Apply `ops` in order. Returns the index and error of each operation the kernel
     /// refused; a delete of a route already gone and an add-if-missing of a route already
     /// there are not errors.
@@ -192,82 +168,70 @@ impl Netlink {
         let mut failed = Vec::new();
         let mut start = 0;
         while start < ops.len() {
-            self.buf.clear();
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
             let mut seqs: Vec<(u32, usize)> = Vec::new();
             let mut i = start;
-            while i < ops.len() && self.buf.len() < BATCH_BYTES {
+            while i < ops.len() && buf.len() < BATCH_BYTES {
                 // Only the last request of a send asks for an ACK: the kernel answers the
                 // others only if they fail, and handles them in order, so the last ACK
                 // means the whole send is done. Half the netlink traffic of one ACK each.
-                let last = i + 1 == ops.len() || self.buf.len() + 512 >= BATCH_BYTES;
+                let last = i + 1 == ops.len() || buf.len() + 512 >= BATCH_BYTES;
                 let ack = if last { NLM_F_ACK } else { 0 };
                 let (payload, flags) = match &ops[i] {
                     RouteOp::Replace { prefix, target } => (
                         RouteNetlinkMessage::NewRoute(self.route_message(prefix, target)),
-                        NLM_F_REQUEST | ack | NLM_F_CREATE | NLM_F_REPLACE,
+                        ack | NLM_F_CREATE | NLM_F_REPLACE,
                     ),
                     RouteOp::AddIfMissing { prefix, target } => (
                         RouteNetlinkMessage::NewRoute(self.route_message(prefix, target)),
-                        NLM_F_REQUEST | ack | NLM_F_CREATE | NLM_F_EXCL,
+                        ack | NLM_F_CREATE | NLM_F_EXCL,
                     ),
                     RouteOp::Delete { prefix } => {
                         let mut m = self.header(&self.tag, prefix, RouteType::Unspec);
                         m.header.scope = RouteScope::NoWhere;
-                        (RouteNetlinkMessage::DelRoute(m), NLM_F_REQUEST | ack)
+                        (RouteNetlinkMessage::DelRoute(m), ack)
                     }
                 };
-                let seq = self.push(payload, flags);
+                let seq = self.sock.append(&mut buf, payload, flags);
                 seqs.push((seq, i));
                 i += 1;
                 if last {
                     break;
                 }
             }
-            self.sock.send(&self.buf, 0)?;
+            let sent = self.sock.send_raw(&buf);
+            self.buf = buf;
+            sent?;
             let last_seq = seqs.last().map(|(s, _)| *s).unwrap_or(0);
+            let first = seqs.first().map(|(s, _)| *s).unwrap_or(0);
             let mut done = false;
             while !done {
-                let n = self.sock.recv(&mut &mut self.rx[..], 0)?;
-                let mut off = 0;
-                while off + 16 <= n {
-                    let len = u32::from_ne_bytes(self.rx[off..off + 4].try_into().unwrap_or([0; 4]))
-                        as usize;
-                    if len < 16 || off + len > n {
-                        break;
+                for (h, m) in headers(self.sock.recv_raw()?) {
+                    if h.ty != NLMSG_ERROR {
+                        continue;
                     }
-                    let seq =
-                        u32::from_ne_bytes(self.rx[off + 8..off + 12].try_into().unwrap_or([0; 4]));
-                    let ty =
-                        u16::from_ne_bytes(self.rx[off + 4..off + 6].try_into().unwrap_or([0; 2]));
-                    // NLMSG_ERROR (2) carries the status; anything else is not for us.
-                    if ty == 2 && len >= 20 {
-                        let code = i32::from_ne_bytes(
-                            self.rx[off + 16..off + 20].try_into().unwrap_or([0; 4]),
-                        );
-                        if seq == last_seq {
-                            done = true;
-                        }
-                        let first = seqs.first().map(|(s, _)| *s).unwrap_or(0);
-                        let pos = seq.wrapping_sub(first) as usize;
-                        let hit = seqs
-                            .get(pos)
-                            .filter(|(s, _)| *s == seq)
-                            .or_else(|| seqs.iter().find(|(s, _)| *s == seq));
-                        if let Some(&(_, idx)) = hit
-                            && code != 0
-                        {
-                            let errno = -code;
-                            let benign = match ops[idx] {
-                                RouteOp::Delete { .. } => errno == libc::ESRCH,
-                                RouteOp::AddIfMissing { .. } => errno == libc::EEXIST,
-                                RouteOp::Replace { .. } => false,
-                            };
-                            if !benign {
-                                failed.push((idx, io::Error::from_raw_os_error(errno)));
-                            }
+                    if h.seq == last_seq {
+                        done = true;
+                    }
+                    let pos = h.seq.wrapping_sub(first) as usize;
+                    let hit = seqs
+                        .get(pos)
+                        .filter(|(s, _)| *s == h.seq)
+                        .or_else(|| seqs.iter().find(|(s, _)| *s == h.seq));
+                    if let (Some(&(_, idx)), Some(code)) = (hit, error_code(m))
+                        && code != 0
+                    {
+                        let errno = -code;
+                        let benign = match ops[idx] {
+                            RouteOp::Delete { .. } => errno == libc::ESRCH,
+                            RouteOp::AddIfMissing { .. } => errno == libc::EEXIST,
+                            RouteOp::Replace { .. } => false,
+                        };
+                        if !benign {
+                            failed.push((idx, io::Error::from_raw_os_error(errno)));
                         }
                     }
-                    off += (len + 3) & !3;
                 }
             }
             start = i;
@@ -279,44 +243,13 @@ impl Netlink {
     pub fn dump(&mut self) -> io::Result<Vec<KernelRoute>> {
         let mut out = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            self.buf.clear();
             let mut m = RouteMessage::default();
             m.header.address_family = family;
-            let seq = self.push(RouteNetlinkMessage::GetRoute(m), NLM_F_REQUEST | NLM_F_DUMP);
-            self.sock.send(&self.buf, 0)?;
-            'recv: loop {
-                let n = self.sock.recv(&mut &mut self.rx[..], 0)?;
-                let mut off = 0;
-                while off < n {
-                    let msg = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(
-                        &self.rx[off..n],
-                    ) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
-                        }
-                    };
-                    let len = msg.header.length as usize;
-                    if msg.header.sequence_number == seq {
-                        match msg.payload {
-                            NetlinkPayload::Done(_) => break 'recv,
-                            NetlinkPayload::Error(e) => {
-                                if let Some(code) = e.code {
-                                    return Err(io::Error::from_raw_os_error(-code.get()));
-                                }
-                            }
-                            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => {
-                                if let Some(k) = self.ours(&r) {
-                                    out.push(k);
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                    if len == 0 {
-                        break;
-                    }
-                    off += (len + 3) & !3;
+            for r in self.sock.dump(RouteNetlinkMessage::GetRoute(m))? {
+                if let RouteNetlinkMessage::NewRoute(r) = r
+                    && let Some(k) = self.ours(&r)
+                {
+                    out.push(k);
                 }
             }
         }
@@ -334,70 +267,26 @@ pub fn parse_route(r: &RouteMessage, tag: &RouteTag) -> Option<KernelRoute> {
     if u8::from(r.header.protocol) != tag.protocol {
         return None;
     }
-    let mut table = r.header.table as u32;
-    let mut dst: Option<IpAddr> = None;
-    let mut gws = Vec::new();
-    for a in &r.attributes {
-        match a {
-            RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(IpAddr::V4(*a)),
-            RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = Some(IpAddr::V6(*a)),
-            RouteAttribute::Gateway(g) => gws.extend(addr(g)),
-            RouteAttribute::MultiPath(hops) => {
-                for h in hops {
-                    for a in &h.attributes {
-                        if let RouteAttribute::Gateway(g) = a {
-                            gws.extend(addr(g));
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    if table != tag.table {
+    let route = petrel_netlink::route::parse(r)?;
+    if route.table != tag.table {
         return None;
     }
-    let len = r.header.destination_prefix_length;
-    let prefix = match (r.header.address_family, dst) {
-        (AddressFamily::Inet, Some(a)) => IpNet::new(a, len).ok()?,
-        (AddressFamily::Inet, None) => IpNet::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), len).ok()?,
-        (AddressFamily::Inet6, Some(a)) => IpNet::new(a, len).ok()?,
-        (AddressFamily::Inet6, None) => IpNet::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), len).ok()?,
-        _ => return None,
-    };
-    let target = match r.header.kind {
+    let target = match route.kind {
         RouteType::BlackHole => Target::Blackhole,
         RouteType::Unreachable => Target::Unreachable,
-        _ => {
-            gws.sort();
-            Target::Via(std::sync::Arc::new(gws))
-        }
+        _ => Target::Via(std::sync::Arc::new(route.gateways)),
     };
-    Some(KernelRoute { prefix, target })
-}
-
-fn gw(a: IpAddr) -> RouteAddress {
-    match a {
-        IpAddr::V4(a) => RouteAddress::Inet(a),
-        IpAddr::V6(a) => RouteAddress::Inet6(a),
-    }
-}
-
-fn addr(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
-        RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
-        _ => None,
-    }
+    Some(KernelRoute {
+        prefix: route.dst,
+        target,
+    })
 }
 
 /// Let only RTM_DELROUTE messages reach `sock` (a classic BPF socket filter), and of those
 /// only the ones not caused by the netlink socket with port id `ours`: route additions and
 /// our own deletions are then dropped by the kernel instead of waking us up.
-pub fn only_deletions(sock: &Socket, ours: u32) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    const RTM_DELROUTE: u16 = 25;
+pub fn only_deletions(sock: &petrel_netlink::netlink_sys::Socket, ours: u32) -> io::Result<()> {
+    const RTM_DELROUTE: u16 = petrel_netlink::RTM_DELROUTE;
     // BPF reads half-words and words big-endian; the netlink header is in host order.
     let k = u16::from_be_bytes(RTM_DELROUTE.to_ne_bytes()) as u32;
     let pid = u32::from_be_bytes(ours.to_ne_bytes());
@@ -416,23 +305,5 @@ pub fn only_deletions(sock: &Socket, ours: u32) -> io::Result<()> {
         // drop
         f(0x06, 0, 0, 0),
     ];
-    let prog = libc::sock_fprog {
-        len: code.len() as u16,
-        filter: code.as_mut_ptr(),
-    };
-    // SAFETY: `prog` points at `code`, both alive for the call; the kernel copies them.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            &prog as *const libc::sock_fprog as *const libc::c_void,
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    petrel_netlink::attach_filter(sock, &mut code)
 }

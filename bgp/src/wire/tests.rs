@@ -685,3 +685,43 @@ proptest! {
         }
     }
 }
+
+// ---- attributes Petrel keeps without interpreting them (RFC 4271 5, RFC 4360)
+
+#[test]
+fn unknown_transitive_attribute_goes_on_marked_partial_and_extended_communities_stay() {
+    // An unknown optional transitive attribute (type 250), an unknown optional
+    // non-transitive one (251), and EXTENDED_COMMUNITIES with a route target 65000:100.
+    let m = update(
+        &[],
+        &attrs(&[
+            ORIGIN_IGP,
+            AS_PATH_2,
+            NEXT_HOP,
+            "c0 fa 03 010203",
+            "80 fb 01 04",
+            "c0 10 08 0002fde800000064",
+        ]),
+        &hex("18 cb0071"),
+    );
+    let u = decode_update(&m, &ASN4);
+    assert!(u.errors.is_empty(), "{:?}", u.errors);
+    assert_eq!(u.attrs.ext_communities, vec![0x0002_fde8_0000_0064]);
+    assert_eq!(
+        crate::wire::community::format_ext(u.attrs.ext_communities[0]),
+        "rt 65000:100"
+    );
+    let kept: Vec<(u8, u8)> = u.attrs.unknown.iter().map(|a| (a.code, a.flags)).collect();
+    assert_eq!(kept, vec![(250, 0xc0), (251, 0x80)]);
+    // Passed on: the transitive one with the Partial bit, the non-transitive one dropped.
+    let out = encode_updates(&u, &ASN4);
+    let again = decode_update(&out[0], &ASN4);
+    let kept: Vec<(u8, u8, Vec<u8>)> = again
+        .attrs
+        .unknown
+        .iter()
+        .map(|a| (a.code, a.flags, a.value.to_vec()))
+        .collect();
+    assert_eq!(kept, vec![(250, 0xe0, vec![1, 2, 3])]);
+    assert_eq!(again.attrs.ext_communities, u.attrs.ext_communities);
+}
