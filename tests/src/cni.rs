@@ -147,7 +147,7 @@ pub fn netns_path(ns: &Netns) -> String {
 
 /// Run `f` on a thread inside `ns`.
 pub fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    crate::lab::in_netns(&ns.name, f).unwrap_or_else(|e| panic!("{e:#}"))
+    crate::host::in_netns(&ns.name, f).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// A TCP listener inside a namespace that records the peer address of each connection

@@ -13,13 +13,14 @@ pub mod cni;
 pub mod containerd;
 pub mod frr;
 pub mod gobgp;
+pub mod host;
 pub mod kube_fake;
 pub mod lab;
 pub mod petrel;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -40,12 +41,8 @@ pub fn require_root() {
 }
 
 pub fn require_tool(tool: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
-        .unwrap_or(false)
-        || Path::new(tool).exists();
-    if !found {
-        panic!("{tool} not found: install the Debian package {package} (.ci/run does)");
+    if let Err(e) = host::need_tool(tool, package) {
+        panic!("{e}");
     }
 }
 
@@ -65,18 +62,7 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// Run a command, panic with its output if it fails.
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    if !out.status.success() {
-        panic!(
-            "{cmd:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out
+    host::output_ok(cmd).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Run a shell line, panic if it fails; returns stdout.
@@ -85,39 +71,18 @@ pub fn sh(line: &str) -> String {
 }
 
 /// Poll `f` every 100 ms until it returns `Some`, or panic after `timeout` with `what`.
-pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+pub fn wait_until<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    host::wait_for(what, timeout, f).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Like [`wait_until`], with a description of the current state in the panic message.
 pub fn wait_until_or<T>(
     what: &str,
     timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
+    f: impl FnMut() -> Option<T>,
     diag: impl Fn() -> String,
 ) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if start.elapsed() > timeout {
-            panic!(
-                "timed out after {timeout:?} waiting for {what}\n--- state:\n{}",
-                diag()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    host::wait_for(what, timeout, f).unwrap_or_else(|e| panic!("{e}\n--- state:\n{}", diag()))
 }
 
 /// A scratch directory for configs, sockets and logs; removed when dropped (kept, and
@@ -155,16 +120,7 @@ impl Drop for TestDir {
     }
 }
 
-/// The names of the namespaces made with `ip netns add` (all of them, not only ours).
-pub fn netns_names() -> Vec<String> {
-    std::fs::read_dir("/var/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+pub use host::netns_names;
 
 /// A network namespace: a host of the test topology.
 pub struct Netns {
@@ -175,17 +131,13 @@ impl Netns {
     pub fn new(label: &str) -> Netns {
         require_root();
         let name = format!("pt-{}-{label}", unique_id());
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns { name };
-        ns.ip("link set lo up");
-        ns
+        host::netns_add(&name).unwrap_or_else(|e| panic!("{e:#}"));
+        Netns { name }
     }
 
     /// `ip -n NS <args>`.
     pub fn ip(&self, args: &str) -> String {
-        let mut c = Command::new("ip");
-        c.arg("-n").arg(&self.name).args(args.split_whitespace());
-        String::from_utf8_lossy(&run(&mut c).stdout).into_owned()
+        host::ip(&self.name, args).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// A command inside the namespace, as a `Command` to adjust.
@@ -210,7 +162,7 @@ impl Netns {
     }
 
     pub fn sysctl(&self, key: &str, value: &str) {
-        self.sh_ok(&format!("sysctl -qw {key}={value}"));
+        host::sysctl(&self.name, key, value).unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Start a long-running process inside the namespace, its output in `log`.
@@ -220,17 +172,9 @@ impl Netns {
 
     /// Like [`Netns::spawn`], with extra environment variables.
     pub fn spawn_env(&self, name: &str, argv: &[&str], log: &Path, env: &[(&str, &str)]) -> Daemon {
-        let out = std::fs::File::create(log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let mut c = self.cmd(argv[0]);
-        c.envs(env.iter().copied());
-        c.args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
-        let child = c
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let child = host::command_in(&self.name, argv, log, env)
+            .and_then(|mut c| Ok(c.spawn()?))
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e:#}"));
         Daemon {
             name: name.to_string(),
             child: Some(child),
@@ -250,23 +194,8 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        // Whatever this test started in here and did not stop yet.
-        if let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<i32>() {
-                    // SAFETY: plain kill(2) on a pid inside our own namespace.
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
-                    }
-                }
-            }
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        // Whatever this test started in here and did not stop yet, then the namespace.
+        host::netns_destroy(&self.name);
     }
 }
 
@@ -375,9 +304,7 @@ impl Daemon {
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        host::tail(&self.log, lines)
     }
 }
 

@@ -25,8 +25,6 @@ mod router;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -669,173 +667,11 @@ impl Lab {
 
 // -------------------------------------------------------------------- helpers
 
-fn need_tool(tool: &str, package: &str) -> Result<()> {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
-        .unwrap_or(false);
-    if !found {
-        bail!("{tool} not found: apt-get install {package} (./lab.sh installs it)");
-    }
-    Ok(())
-}
-
-fn run_ok(c: &mut Command) -> Result<String> {
-    let out = c
-        .output()
-        .with_context(|| format!("run {:?}", c.get_program()))?;
-    if !out.status.success() {
-        bail!(
-            "{:?} {:?}: {}",
-            c.get_program(),
-            c.get_args().collect::<Vec<_>>(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// `ip -n NS ARGS`.
-pub fn ip(ns: &str, args: &str) -> Result<String> {
-    run_ok(
-        Command::new("ip")
-            .args(["-n", ns])
-            .args(args.split_whitespace()),
-    )
-}
-
-fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
-    run_ok(Command::new("ip").args([
-        "netns",
-        "exec",
-        ns,
-        "sysctl",
-        "-qw",
-        &format!("{key}={value}"),
-    ]))
-    .map(|_| ())
-}
-
-pub fn netns_exists(ns: &str) -> bool {
-    Path::new("/var/run/netns").join(ns).exists()
-}
-
-fn netns_add(ns: &str) -> Result<()> {
-    run_ok(Command::new("ip").args(["netns", "add", ns]))?;
-    ip(ns, "link set lo up").map(|_| ())
-}
-
-fn netns_del(ns: &str) -> Result<()> {
-    if !netns_exists(ns) {
-        return Ok(());
-    }
-    run_ok(Command::new("ip").args(["netns", "del", ns])).map(|_| ())
-}
-
-fn netns_pids(ns: &str) -> Vec<i32> {
-    Command::new("ip")
-        .args(["netns", "pids", ns])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Run `f` on a thread inside namespace `ns`.
-pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let file = std::fs::File::open(Path::new("/var/run/netns").join(ns))
-        .with_context(|| format!("namespace {ns}"))?;
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            // SAFETY: setns(2) on this thread only, with an fd open for the call.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(anyhow!("setns {ns}: {}", std::io::Error::last_os_error()));
-            }
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| anyhow!("thread in {ns} panicked"))?
-    })
-}
-
-/// Start `argv` in namespace `ns` as a daemon of its own (new session, output to `log`),
-/// and record its pid in `pidfile`. `ip netns exec` execs the program, so the pid is the
-/// daemon's.
-fn spawn(ns: &str, argv: &[&str], log: &Path, pidfile: &Path) -> Result<u32> {
-    let out = std::fs::File::create(log).with_context(|| log.display().to_string())?;
-    let err = out.try_clone()?;
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns])
-        .args(argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err));
-    // SAFETY: setsid(2) is async-signal-safe; it detaches the daemon from our terminal.
-    unsafe {
-        c.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let child = c
-        .spawn()
-        .with_context(|| format!("start {} in {ns}", argv[0]))?;
-    let pid = child.id();
-    std::fs::write(pidfile, format!("{pid}\n"))?;
-    Ok(pid)
-}
-
-/// The pid recorded in `pidfile`, if that process still runs (not a zombie).
-pub fn running_pid(pidfile: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) S ...": the state follows the last ')'.
-    let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
-    (state != 'Z' && state != 'X').then_some(pid)
-}
-
-fn alive(pidfile: &Path) -> bool {
-    running_pid(pidfile).is_some()
-}
-
-/// SIGTERM the process of `pidfile`, SIGKILL after 5 s; remove the pid file.
-fn stop(pidfile: &Path) {
-    if let Some(pid) = running_pid(pidfile) {
-        // SAFETY: kill(2) of a process the lab started (pid checked to be alive).
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let gone = wait_for("exit", Duration::from_secs(5), || {
-            running_pid(pidfile).is_none().then_some(())
-        });
-        if gone.is_err() {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-    let _ = std::fs::remove_file(pidfile);
-}
-
-/// Poll `f` every 100 ms until it gives a value or `timeout` passes.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let v: Vec<&str> = text.lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
-}
+pub(crate) use crate::host::{
+    alive, need_tool, netns_add, netns_del, netns_exists, netns_pids, run_ok,
+    spawn_daemon as spawn, stop, sysctl, tail,
+};
+pub use crate::host::{in_netns, ip, running_pid, wait_for};
 
 /// The node's routes of protocol [`FIB_PROTOCOL`], IPv4 then IPv6, one per line.
 pub fn fib(ns: &str) -> Vec<String> {
