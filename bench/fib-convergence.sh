@@ -4,20 +4,21 @@
 #   bench/fib-convergence.sh [N ...]    (default: 100000 1000000; root; builds release)
 #   RUNS=3 (default) runs per system; the median is reported.
 #
-# For each N, a BIRD injector in a namespace sends N IPv4 prefixes over eBGP to the system
-# under test, which must install them in its namespace's FIB. bgp-fib.sh (the shared
-# harness, vendored here) measures from the first installed route to the last, and the
-# SUT's resident memory at that moment. Prints every run, then the medians and the ratios
-# to Petrel (above 1: Petrel is faster / smaller).
+# For each N, an injector in a namespace sends N IPv4 prefixes over eBGP to the system
+# under test, which must install them in its namespace's FIB; then it withdraws them all and
+# announces them all again. bgp-fib.sh (the shared harness, vendored here) measures from the
+# first installed route to the last, the SUT's resident memory at that moment, and the time
+# until the withdrawal and the re-announcement are in the kernel. Prints every run, then the
+# medians and the ratios to Petrel (above 1: Petrel is faster / smaller).
 #
-# Petrel connects with a 1 s retry, as eagerly as FRR does. The BIRD injector sometimes
-# holds back its last UPDATE and End-of-RIB for about 3 s (seen in a packet capture:
-# 100k prefixes in 58 ms, then a 3.0 s pause before the last 681 bytes); it hits whichever
-# system is unlucky, BIRD included, hence the medians.
+# INJECTOR=raw (the default) feeds every SUT the same pre-encoded stream; INJECTOR=bird uses
+# a BIRD injector, which sometimes holds back its last UPDATE for about 3 s (it hits
+# whichever system is unlucky, hence the medians). FLAP=0 skips the withdraw/re-announce.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 RUNS=${RUNS:-3}
+export INJECTOR=${INJECTOR:-raw} FLAP=${FLAP:-1}
 cargo build --release -p petrel --manifest-path "$ROOT/Cargo.toml" >&2
 PETREL="$ROOT/target/release/petrel"
 SIZES=("$@"); [ ${#SIZES[@]} -eq 0 ] && SIZES=(100000 1000000)
@@ -48,16 +49,21 @@ for N in "${SIZES[@]}"; do
       return a[int((n + 1) / 2)]
     }
     {
+      delete f
       for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
       s = f["sut"]; if (!(s in seen)) { seen[s] = 1; order[++k] = s }
       t[s] = t[s] " " f["first_to_all_s"]; b[s] = b[s] " " f["bytes_per_route"]
+      if ("withdraw_s" in f) { w[s] = w[s] " " f["withdraw_s"]; r[s] = r[s] " " f["reannounce_s"] }
     }
     END {
       for (i = 1; i <= k; i++) { s = order[i]; mt[s] = median(t[s]); mb[s] = median(b[s])
-        printf "median %-6s first_to_all_s=%.3f bytes_per_route=%d\n", s, mt[s], mb[s] }
+        printf "median %-6s first_to_all_s=%.3f bytes_per_route=%d", s, mt[s], mb[s]
+        if (s in w) { mw[s] = median(w[s]); mr[s] = median(r[s]); printf " withdraw_s=%.3f reannounce_s=%.3f", mw[s], mr[s] }
+        printf "\n" }
       for (i = 1; i <= k; i++) { s = order[i]; if (s == "petrel") continue
         printf "ratio %s/petrel: time %.2f", s, mt[s] / mt["petrel"]
         if (mb[s] > 0) printf ", bytes per route %.2f", mb[s] / mb["petrel"]
+        if ((s in mw) && mw["petrel"] > 0) printf ", withdraw %.2f, re-announce %.2f", mw[s] / mw["petrel"], mr[s] / mr["petrel"]
         printf "\n" }
     }' "$out"
   rm -f "$out"
