@@ -20,7 +20,26 @@ pub fn afi(f: Family) -> Afi {
     }
 }
 
-pub fn speaker(cfg: &Config, restarting: bool) -> SpeakerConfig {
+/// The node's addresses as the speaker's sanity checks see them: every interface address
+/// with its subnet, and the next hops configured for the other family (they are ours too).
+pub fn node_addresses(cfg: &Config, interfaces: Vec<IpNet>) -> Vec<IpNet> {
+    let mut v = interfaces;
+    for p in &cfg.peers {
+        v.extend(
+            p.next_hop_ipv4
+                .map(|a| IpNet::from(std::net::IpAddr::V4(a))),
+        );
+        v.extend(
+            p.next_hop_ipv6
+                .map(|a| IpNet::from(std::net::IpAddr::V6(a))),
+        );
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
+pub fn speaker(cfg: &Config, restarting: bool, node_addresses: Vec<IpNet>) -> SpeakerConfig {
     let gr = &cfg.bgp.graceful_restart;
     SpeakerConfig {
         asn: cfg.node.asn,
@@ -35,6 +54,7 @@ pub fn speaker(cfg: &Config, restarting: bool) -> SpeakerConfig {
         }),
         // Wait for every peer's End-of-RIB at most as long as peers keep our routes.
         sync_timeout: Duration::from_secs(gr.restart_time.clamp(5, 300) as u64),
+        node_addresses,
     }
 }
 
@@ -159,6 +179,7 @@ pub fn peers(cfg: &Config) -> anyhow::Result<Vec<PeerConfig>> {
                     prefixes: p.import.prefixes.as_deref().map(prefix_rules),
                     rules: p.import.rules.iter().map(rule).collect(),
                     max_prefixes: p.import.max_prefixes,
+                    filter_martians: p.import.filter_martians,
                 },
                 export: ExportPolicy {
                     rules: p.export.iter().map(rule).collect(),

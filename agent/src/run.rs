@@ -57,6 +57,15 @@ fn set_forwarding() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every address of this namespace, with its subnet, sorted.
+async fn interface_addresses() -> anyhow::Result<Vec<IpNet>> {
+    let mut v =
+        tokio::task::spawn_blocking(|| petrel_netlink::Socket::open()?.addresses()).await??;
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
 /// A single-threaded runtime on a thread of its own, for the control socket and metrics.
 fn status_runtime() -> std::io::Result<tokio::runtime::Handle> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -102,8 +111,15 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
         .context("start FIB sync")?;
     // The pod CIDRs' blackholes are in the kernel before any session can announce them.
     fib.set_own(pod_cidrs.clone()).await;
+    let interfaces = interface_addresses()
+        .await
+        .context("list the node's addresses")?;
     let speaker = Speaker::start(
-        convert::speaker(&cfg, restarting),
+        convert::speaker(
+            &cfg,
+            restarting,
+            convert::node_addresses(&cfg, interfaces.clone()),
+        ),
         peers,
         vec![
             (Source::PodCidrs, convert::pod_routes(&pod_cidrs)),
@@ -164,6 +180,31 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
     };
     info!(socket = %socket_path.display(), asn = cfg.node.asn, router_id = %cfg.node.router_id, "petrel running");
 
+    // The node's addresses, followed: import's sanity checks compare with them.
+    {
+        let speaker = speaker.clone();
+        let cfg = cfg.clone();
+        let mut known = interfaces;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                let Ok(now) = interface_addresses().await else {
+                    continue;
+                };
+                if now != known {
+                    info!(addresses = now.len(), "the node's addresses changed");
+                    known = now;
+                    if speaker
+                        .set_node_addresses(convert::node_addresses(&cfg, known.clone()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+    }
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

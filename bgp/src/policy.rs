@@ -4,7 +4,9 @@
 //! **Import**, for every prefix of every UPDATE, in this order:
 //! 1. safety, whatever the config says: routes that would loop (our AS in the path on eBGP,
 //!    our router id as ORIGINATOR_ID), with one of our addresses as next hop, or covering or
-//!    inside the node's own pod CIDRs are refused;
+//!    inside the node's own pod CIDRs are refused; and, unless `filter_martians` is off,
+//!    martian prefixes, unusable next hops and routes inside a subnet the node is connected
+//!    to (or a host route for the peer itself) are refused;
 //! 2. the prefix list, when given (`prefixes`), is a gate: a prefix must match one entry;
 //! 3. `rules`, first match decides: `reject` refuses, `accept` (the default) takes the route
 //!    with the rule's `set` applied; no rule matched: accepted as received, except on eBGP
@@ -209,7 +211,7 @@ fn first_match<'a>(
         .find(|(_, r)| r.matches.matches(source, prefix, a))
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct ImportPolicy {
     /// `None`: no list configured (eBGP refuses all, iBGP accepts all).
@@ -217,6 +219,70 @@ pub struct ImportPolicy {
     pub rules: Vec<Rule>,
     /// Most accepted prefixes before the session is torn down (RFC 4486 Cease subcode 1).
     pub max_prefixes: Option<u32>,
+    /// Refuse martian prefixes, unusable next hops and routes inside connected subnets.
+    pub filter_martians: bool,
+}
+
+impl Default for ImportPolicy {
+    fn default() -> Self {
+        ImportPolicy {
+            prefixes: None,
+            rules: Vec::new(),
+            max_prefixes: None,
+            filter_martians: true,
+        }
+    }
+}
+
+/// Prefixes no route should be learned for (RFC 6890): a prefix inside one is martian.
+const MARTIANS: &[&str] = &[
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "::1/128",
+    "::ffff:0:0/96",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+fn martians() -> &'static [IpNet] {
+    static M: std::sync::OnceLock<Vec<IpNet>> = std::sync::OnceLock::new();
+    M.get_or_init(|| MARTIANS.iter().filter_map(|m| m.parse().ok()).collect())
+}
+
+/// A prefix inside a martian range (a default route is not).
+pub fn is_martian(net: &IpNet) -> bool {
+    martians().iter().any(|m| m.contains(net))
+}
+
+/// An address that cannot be a next hop: unspecified, loopback, multicast, broadcast,
+/// reserved (class E, 0/8), link-local (an IPv6 link-local one only as the second address
+/// of a next hop), or an IPv4-mapped address that is one of these.
+pub fn is_unusable_next_hop(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v) => {
+            let o = v.octets();
+            v.is_unspecified()
+                || v.is_loopback()
+                || v.is_multicast()
+                || v.is_broadcast()
+                || v.is_link_local()
+                || o[0] == 0
+                || o[0] >= 240
+        }
+        IpAddr::V6(v) => {
+            if let Some(m) = v.to_ipv4_mapped() {
+                return is_unusable_next_hop(IpAddr::V4(m));
+            }
+            v.is_unspecified()
+                || v.is_loopback()
+                || v.is_multicast()
+                || (v.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -236,10 +302,13 @@ pub enum Refusal {
     NotInPrefixList,
     NoPolicyOnEbgp,
     RejectedByRule,
+    Martian,
+    BadNextHop,
+    InsideConnectedSubnet,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 10] = [
         Refusal::AsLoop,
         Refusal::OriginatorIsUs,
         Refusal::OwnPodCidr,
@@ -247,6 +316,9 @@ impl Refusal {
         Refusal::NotInPrefixList,
         Refusal::NoPolicyOnEbgp,
         Refusal::RejectedByRule,
+        Refusal::Martian,
+        Refusal::BadNextHop,
+        Refusal::InsideConnectedSubnet,
     ];
 
     pub fn describe(self) -> &'static str {
@@ -258,6 +330,13 @@ impl Refusal {
             Refusal::NotInPrefixList => "not in the peer's import prefix list",
             Refusal::NoPolicyOnEbgp => "no import policy on an eBGP session (RFC 8212)",
             Refusal::RejectedByRule => "rejected by an import rule",
+            Refusal::Martian => "martian prefix (loopback, multicast, link-local or reserved)",
+            Refusal::BadNextHop => {
+                "unusable next hop (loopback, multicast, link-local, unspecified or reserved)"
+            }
+            Refusal::InsideConnectedSubnet => {
+                "inside a subnet the node is connected to, or a host route for the peer: it would reroute the node's own traffic"
+            }
         }
     }
 
@@ -301,7 +380,12 @@ pub struct ImportContext<'a> {
     pub router_id: Ipv4Addr,
     pub ebgp: bool,
     pub own_prefixes: &'a [IpNet],
+    /// Our addresses on this session.
     pub local_addresses: &'a [IpAddr],
+    /// Every address of the node, with its subnet (both families, every interface).
+    pub node_addresses: &'a [IpNet],
+    /// The peer's address.
+    pub peer_address: IpAddr,
     pub policy: &'a ImportPolicy,
 }
 
@@ -314,7 +398,12 @@ impl ImportContext<'_> {
         if r.attrs.originator_id == Some(self.router_id) {
             return Err(Refusal::OriginatorIsUs);
         }
-        if self.local_addresses.contains(&r.next_hop.addr()) {
+        let nh = r.next_hop.addr();
+        if self.policy.filter_martians && is_unusable_next_hop(nh) {
+            return Err(Refusal::BadNextHop);
+        }
+        if self.local_addresses.contains(&nh) || self.node_addresses.iter().any(|a| a.addr() == nh)
+        {
             return Err(Refusal::NextHopIsUs);
         }
         Ok(())
@@ -323,8 +412,17 @@ impl ImportContext<'_> {
     /// The decision for one prefix, without building anything: cheap, and the same for
     /// most prefixes of an UPDATE, so that [`ImportContext::apply`] runs once per outcome.
     pub fn decide(&self, net: &IpNet, r: &RouteAttrs) -> Decision {
+        if self.policy.filter_martians && is_martian(net) {
+            return Decision::Refused(Refusal::Martian);
+        }
         if let Err(why) = self.check_attrs(r) {
             return Decision::Refused(why);
+        }
+        if self.policy.filter_martians
+            && (self.node_addresses.iter().any(|a| a.trunc().contains(net))
+                || *net == IpNet::from(self.peer_address))
+        {
+            return Decision::Refused(Refusal::InsideConnectedSubnet);
         }
         // A route covering or inside one of our pod CIDRs would steal our own pods' traffic.
         if self

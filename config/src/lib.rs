@@ -218,7 +218,7 @@ impl PeerConfig {
 }
 
 /// Import policy of a peer.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ImportPolicy {
     /// `None`: no policy given: eBGP imports nothing (RFC 8212), iBGP imports everything.
     pub prefixes: Option<Vec<PrefixRule>>,
@@ -226,6 +226,20 @@ pub struct ImportPolicy {
     pub max_prefixes: Option<u32>,
     /// Import rules, applied to what passed `prefixes` (first match decides).
     pub rules: Vec<Rule>,
+    /// Refuse martian prefixes, unusable next hops and routes inside the node's connected
+    /// subnets (default on).
+    pub filter_martians: bool,
+}
+
+impl Default for ImportPolicy {
+    fn default() -> Self {
+        ImportPolicy {
+            prefixes: None,
+            max_prefixes: None,
+            rules: Vec::new(),
+            filter_martians: true,
+        }
+    }
 }
 
 /// `prefix` with optional `ge`/`le` bounds on the length, as in a prefix list.

@@ -109,6 +109,7 @@ pub(crate) struct RawImport {
     pub prefixes: Option<Vec<S<RawPrefixRule>>>,
     pub max_prefixes: Option<S<i64>>,
     pub rules: Option<Vec<S<RawRule>>>,
+    pub filter_martians: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

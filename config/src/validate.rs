@@ -572,6 +572,7 @@ fn import(cx: &mut Ctx<'_>, raw: &RawImport) -> ImportPolicy {
         prefixes,
         max_prefixes,
         rules,
+        filter_martians: raw.filter_martians.unwrap_or(true),
     }
 }
 

@@ -183,6 +183,33 @@ impl Socket {
         }
     }
 
+    /// Every address of the namespace with its prefix length, both families.
+    pub fn addresses(&mut self) -> io::Result<Vec<ipnet::IpNet>> {
+        use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+        let mut out = Vec::new();
+        for m in self.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))? {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
+            let addr = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let addr = addr.or_else(|| {
+                a.attributes.iter().find_map(|x| match x {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })
+            });
+            if let Some(ip) = addr
+                && let Ok(net) = ipnet::IpNet::new(ip, a.header.prefix_len)
+            {
+                out.push(net);
+            }
+        }
+        Ok(out)
+    }
+
     /// A dump (NLM_F_DUMP) of `msg`'s kind.
     pub fn dump(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
         self.request(msg, NLM_F_DUMP)

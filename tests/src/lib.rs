@@ -17,6 +17,7 @@ pub mod host;
 pub mod kube_fake;
 pub mod lab;
 pub mod petrel;
+pub mod raw_peer;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! Policy tables: each row a route, a policy and the expected outcome.
 
 use super::*;
+use std::net::IpAddr;
+
 use crate::wire::{AsPath, NextHop};
 
 fn attrs(path: &[u32], communities: &[u32], large: &[[u32; 3]]) -> RouteAttrs {
@@ -30,6 +32,8 @@ fn ctx<'a>(policy: &'a ImportPolicy, own: &'a [IpNet], ebgp: bool) -> ImportCont
         ebgp,
         own_prefixes: own,
         local_addresses: &[],
+        node_addresses: &[],
+        peer_address: "198.51.100.1".parse().unwrap(),
         policy,
     }
 }
@@ -142,6 +146,7 @@ fn example() -> ImportPolicy {
             },
         ],
         max_prefixes: None,
+        filter_martians: true,
     }
 }
 
@@ -424,4 +429,128 @@ fn reject_rule_and_unknown_attributes() {
     assert_eq!(out.attrs.unknown.len(), 2);
     // The non-transitive extended community (0x43: high bit 0x40) stays in the AS.
     assert_eq!(out.attrs.ext_communities, vec![0x0002_fde8_0000_0064]);
+}
+
+#[test]
+fn martians_next_hops_and_connected_subnets_table() {
+    let p = ImportPolicy {
+        prefixes: Some(vec![
+            PrefixRule {
+                prefix: "0.0.0.0/0".parse().unwrap(),
+                ge: 0,
+                le: 32,
+            },
+            PrefixRule {
+                prefix: "::/0".parse().unwrap(),
+                ge: 0,
+                le: 128,
+            },
+        ]),
+        ..Default::default()
+    };
+    let node: Vec<IpNet> = vec![
+        "198.51.100.2/24".parse().unwrap(),
+        "2001:db8:2::2/64".parse().unwrap(),
+        "127.0.0.1/8".parse().unwrap(),
+    ];
+    let mut cx = ctx(&p, &[], true);
+    cx.node_addresses = &node;
+    cx.peer_address = "192.0.2.1".parse().unwrap();
+    let via = |nh: &str| {
+        let mut a = attrs(&[65001], &[], &[]);
+        a.next_hop = match nh.parse::<IpAddr>().unwrap() {
+            IpAddr::V4(v) => NextHop::V4(v),
+            IpAddr::V6(g) => NextHop::V6 {
+                global: g,
+                link_local: None,
+            },
+        };
+        a
+    };
+    let r = |net: &str, nh: &str| cx.decide(&net.parse().unwrap(), &via(nh));
+    let ok = Decision::Accept {
+        rule: None,
+        graceful_shutdown: false,
+    };
+    use Refusal::*;
+    for (net, nh, want) in [
+        ("203.0.113.0/24", "198.51.100.1", ok),
+        ("0.0.0.0/0", "198.51.100.1", ok),
+        ("::/0", "2001:db8:1::1", ok),
+        ("127.0.0.0/8", "198.51.100.1", Decision::Refused(Martian)),
+        ("127.1.0.0/16", "198.51.100.1", Decision::Refused(Martian)),
+        ("224.0.0.0/4", "198.51.100.1", Decision::Refused(Martian)),
+        (
+            "255.255.255.255/32",
+            "198.51.100.1",
+            Decision::Refused(Martian),
+        ),
+        ("fe80::/64", "2001:db8:1::1", Decision::Refused(Martian)),
+        ("ff02::/16", "2001:db8:1::1", Decision::Refused(Martian)),
+        ("203.0.113.0/24", "127.0.0.1", Decision::Refused(BadNextHop)),
+        ("203.0.113.0/24", "0.0.0.0", Decision::Refused(BadNextHop)),
+        (
+            "203.0.113.0/24",
+            "169.254.1.1",
+            Decision::Refused(BadNextHop),
+        ),
+        ("203.0.113.0/24", "240.0.0.1", Decision::Refused(BadNextHop)),
+        ("2001:db8:9::/48", "fe80::1", Decision::Refused(BadNextHop)),
+        (
+            "2001:db8:9::/48",
+            "::ffff:127.0.0.1",
+            Decision::Refused(BadNextHop),
+        ),
+        (
+            "203.0.113.0/24",
+            "198.51.100.2",
+            Decision::Refused(NextHopIsUs),
+        ),
+        (
+            "2001:db8:9::/48",
+            "2001:db8:2::2",
+            Decision::Refused(NextHopIsUs),
+        ),
+        (
+            "198.51.100.0/24",
+            "198.51.100.1",
+            Decision::Refused(InsideConnectedSubnet),
+        ),
+        (
+            "198.51.100.128/25",
+            "198.51.100.1",
+            Decision::Refused(InsideConnectedSubnet),
+        ),
+        (
+            "2001:db8:2::/64",
+            "2001:db8:1::1",
+            Decision::Refused(InsideConnectedSubnet),
+        ),
+        // The peer's own address (a multihop peer): a host route for it would take the
+        // session elsewhere.
+        (
+            "192.0.2.1/32",
+            "198.51.100.1",
+            Decision::Refused(InsideConnectedSubnet),
+        ),
+        // Covering the peering subnet is harmless: the connected route is more specific.
+        ("198.51.100.0/23", "198.51.100.1", ok),
+    ] {
+        assert_eq!(r(net, nh), want, "{net} via {nh}");
+    }
+    // Turned off for the peer: only the always-on checks remain.
+    let off = ImportPolicy {
+        filter_martians: false,
+        ..p.clone()
+    };
+    let mut cx = ctx(&off, &[], true);
+    cx.node_addresses = &node;
+    assert_eq!(
+        cx.decide(&"127.0.0.0/8".parse().unwrap(), &via("198.51.100.1")),
+        ok
+    );
+    assert_eq!(
+        cx.decide(&"203.0.113.0/24".parse().unwrap(), &via("198.51.100.2")),
+        Decision::Refused(NextHopIsUs)
+    );
 }

@@ -80,6 +80,10 @@ pub(crate) async fn spawn(
         rib,
         board,
     };
+    m.rib(RibEvent::NodeAddresses {
+        addresses: m.cfg.node_addresses.clone(),
+    })
+    .await;
     for (source, routes) in local {
         m.rib(RibEvent::SetLocal { source, routes }).await;
     }
@@ -301,6 +305,9 @@ impl Manager {
                 // Answered by the rib task once the changes are on the peers' sockets; we
                 // do not wait for it.
                 let _ = self.rib.send(RibInput::Flushed(done)).await;
+            }
+            SpeakerCmd::NodeAddresses(addresses) => {
+                self.rib(RibEvent::NodeAddresses { addresses }).await;
             }
             SpeakerCmd::Shutdown { graceful, done } => {
                 let mut waits = Vec::new();

@@ -54,6 +54,9 @@ pub struct SpeakerConfig {
     /// How long to wait for every peer's End-of-RIB before declaring the initial table
     /// complete anyway ([`RibOutput::Synced`]).
     pub sync_timeout: Duration,
+    /// The node's addresses with their subnets, as at start ([`Speaker::set_node_addresses`]
+    /// changes them).
+    pub node_addresses: Vec<IpNet>,
 }
 
 /// Our graceful restart settings (RFC 4724).
@@ -320,6 +323,15 @@ impl Speaker {
             done,
         })
         .await
+    }
+
+    /// Every address of the node, with its subnet: import refuses routes whose next hop is
+    /// one of them, or inside one of their subnets (unless `filter_martians` is off).
+    pub async fn set_node_addresses(&self, addresses: Vec<IpNet>) -> Result<(), Error> {
+        self.tx
+            .send(SpeakerCmd::NodeAddresses(addresses))
+            .await
+            .map_err(|_| Error::Stopped)
     }
 
     /// Status from what the tasks last published: never waits on route processing.

@@ -59,6 +59,7 @@ pub(crate) enum SpeakerCmd {
         graceful: bool,
         done: oneshot::Sender<()>,
     },
+    NodeAddresses(Vec<IpNet>),
 }
 
 /// One of the node's own routes, as a route source gives it.
@@ -201,6 +202,11 @@ pub enum RibEvent {
     SetLocal {
         source: Source,
         routes: Vec<LocalRoute>,
+    },
+    /// Every address of the node, with its subnet (what import's sanity checks compare
+    /// next hops and prefixes with).
+    NodeAddresses {
+        addresses: Vec<IpNet>,
     },
 }
 

@@ -108,6 +108,8 @@ pub struct Table {
     synced: bool,
     /// The pod CIDRs: routes covering or inside them are refused on import.
     own: Vec<IpNet>,
+    /// Every address of the node, with its subnet: next hops and subnets of our own.
+    node_addresses: Vec<IpNet>,
 }
 
 impl Table {
@@ -123,6 +125,7 @@ impl Table {
             sync_deadline: Some(now + cfg.sync_timeout_ms),
             synced: false,
             own: Vec::new(),
+            node_addresses: Vec::new(),
             cfg,
         }
     }
@@ -327,6 +330,18 @@ impl Table {
                     // RFC 7313 is not negotiated: the refresh is just the routes again.
                 }
             }
+            RibEvent::NodeAddresses { mut addresses } => {
+                addresses.sort();
+                addresses.dedup();
+                if addresses != self.node_addresses {
+                    self.node_addresses = addresses;
+                    let mut ids: Vec<PeerId> = self.peers.keys().copied().collect();
+                    ids.sort();
+                    for id in ids {
+                        self.reevaluate(id, &mut changes);
+                    }
+                }
+            }
             RibEvent::SetLocal { source, routes } => {
                 let list: Vec<(IpNet, Arc<RouteAttrs>)> = routes
                     .into_iter()
@@ -381,13 +396,20 @@ impl Table {
         ))
     }
 
-    fn import_ctx<'a>(cfg: &TableConfig, p: &'a Peer, own: &'a [IpNet]) -> ImportContext<'a> {
+    fn import_ctx<'a>(
+        cfg: &TableConfig,
+        p: &'a Peer,
+        own: &'a [IpNet],
+        node_addresses: &'a [IpNet],
+    ) -> ImportContext<'a> {
         ImportContext {
             local_asn: cfg.local_asn,
             router_id: cfg.router_id,
             ebgp: p.ebgp,
             own_prefixes: own,
             local_addresses: &p.local_addresses,
+            node_addresses,
+            peer_address: p.address,
             policy: &p.import,
         }
     }
@@ -425,7 +447,7 @@ impl Table {
     ) {
         let Some(p) = self.peers.get(&id) else { return };
         let attrs = self.attrs.intern_arc(attrs);
-        let cx = Self::import_ctx(&self.cfg, p, &self.own);
+        let cx = Self::import_ctx(&self.cfg, p, &self.own, &self.node_addresses);
         // Most prefixes of one UPDATE get the same verdict: decide each, build each
         // distinct result once.
         let mut cache: Vec<(Decision, Verdict)> = Vec::new();
@@ -449,7 +471,7 @@ impl Table {
 
     fn reevaluate(&mut self, id: PeerId, changes: &mut Vec<RibChange>) {
         let Some(p) = self.peers.get(&id) else { return };
-        let cx = Self::import_ctx(&self.cfg, p, &self.own);
+        let cx = Self::import_ctx(&self.cfg, p, &self.own, &self.node_addresses);
         let interner = &mut self.attrs;
         self.rib.reevaluate(
             id,

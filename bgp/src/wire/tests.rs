@@ -725,3 +725,23 @@ fn unknown_transitive_attribute_goes_on_marked_partial_and_extended_communities_
     assert_eq!(kept, vec![(250, 0xe0, vec![1, 2, 3])]);
     assert_eq!(again.attrs.ext_communities, u.attrs.ext_communities);
 }
+
+#[test]
+fn every_unknown_optional_parameter_type_is_unsupported_optional_parameter() {
+    // RFC 4271 6.2: 2/4 for any parameter type other than Capabilities (2), alone or after a
+    // valid capability; RFC 9072's 255 is not supported either.
+    for params in [
+        vec![1u8, 2, 0, 0],
+        vec![3, 0],
+        vec![0, 0],
+        vec![128, 1, 9],
+        vec![255, 0],
+        vec![2, 6, 1, 4, 0, 1, 0, 1, 9, 1, 0],
+    ] {
+        assert_eq!(
+            decode_err(&open_body(4, 90, [1, 1, 1, 1], &params), &Codec::INITIAL),
+            (2, 4, vec![]),
+            "{params:?}"
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! What an attacker or an unlucky operator found: each test here failed before its fix.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use petrel_tests::petrel::Petrel;
+use petrel_tests::{host, router_and_node};
+
+const T: Duration = Duration::from_secs(30);
+
+/// An OPEN from AS 65001, id 198.51.100.1, hold 90, with these optional parameters.
+fn open(params: &[u8]) -> Vec<u8> {
+    let mut body = vec![4, 0xfd, 0xe9, 0, 90, 198, 51, 100, 1, params.len() as u8];
+    body.extend_from_slice(params);
+    let mut m = vec![0xff; 16];
+    m.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());
+    m.push(1);
+    m.extend_from_slice(&body);
+    m
+}
+
+/// Connect from `ns` to `addr`:179, send `msg`, and return the first message answered
+/// (header and body).
+fn exchange(ns: &str, addr: &str, msg: Vec<u8>) -> Vec<u8> {
+    let addr = format!("{addr}:179");
+    host::in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))
+            .expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&msg).unwrap();
+        // Our OPEN first, then the NOTIFICATION: read until a NOTIFICATION or the end.
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+            let mut off = 0;
+            while off + 19 <= all.len() {
+                let len = u16::from_be_bytes([all[off + 16], all[off + 17]]) as usize;
+                if off + len > all.len() || len < 19 {
+                    break;
+                }
+                if all[off + 18] == 3 {
+                    return all[off..off + len].to_vec();
+                }
+                off += len;
+            }
+        }
+        all
+    })
+    .unwrap()
+}
+
+#[test]
+fn open_with_an_unknown_optional_parameter_gets_2_4() {
+    let (dir, r, n) = router_and_node("open-param");
+    // Passive: the test's raw speaker connects.
+    let p = Petrel::start(
+        &n,
+        &dir,
+        "petrel",
+        "node: { asn: 65002, router_id: 198.51.100.2, pod_cidrs: [10.244.2.0/24] }\npeers:\n  - { name: tor, address: 198.51.100.1, asn: 65001, passive: true }\n",
+    );
+    for params in [vec![9u8, 1, 0], vec![1, 2, 0, 0]] {
+        let n = exchange(&r.name, "198.51.100.2", open(&params));
+        assert!(n.len() >= 21 && n[18] == 3, "a NOTIFICATION: {n:?}");
+        assert_eq!(
+            (n[19], n[20]),
+            (2, 4),
+            "RFC 4271 6.2: Unsupported Optional Parameter for {params:?}"
+        );
+    }
+    let _ = T;
+    drop(p);
+}
+
+/// A peer offers, besides one good route, every kind of nonsense: martian prefixes, next
+/// hops on loopback, link-local or reserved addresses or on our own addresses, routes inside
+/// the peering subnet, a host route for the peer itself via another host (which, installed,
+/// sends the session's own packets elsewhere), and IPv6 routes over the IPv4 session whose
+/// next hop is our own IPv6 address. Only the good route may reach the kernel, the session
+/// must stay up, and each other route shows why it was refused.
+#[test]
+fn martians_and_bad_next_hops_are_refused_with_the_reason_shown() {
+    use petrel_bgp::wire::{AsPath, NextHop, PathAttrs, Reach, UpdateMsg};
+    use petrel_tests::raw_peer::RawPeer;
+    let (dir, r, n) = router_and_node("martians");
+    // The node has an IPv6 address on another link: routes via it are routes via us.
+    n.ip("addr add 2001:db8:2::2/64 dev lo");
+    let v4 = |nh: &str, prefixes: &[&str]| Reach {
+        afi: petrel_bgp::wire::Afi::Ipv4,
+        next_hop: NextHop::V4(nh.parse().unwrap()),
+        prefixes: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
+    };
+    let v6 = |nh: &str, prefixes: &[&str]| Reach {
+        afi: petrel_bgp::wire::Afi::Ipv6,
+        next_hop: NextHop::V6 {
+            global: nh.parse().unwrap(),
+            link_local: None,
+        },
+        prefixes: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
+    };
+    let update = |reach: Reach| UpdateMsg {
+        reach: vec![reach],
+        attrs: PathAttrs {
+            as_path: AsPath::sequence(vec![65001]),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let updates = vec![
+        update(v4("198.51.100.1", &["198.18.0.0/16"])),
+        update(v4(
+            "198.51.100.1",
+            &[
+                "127.0.0.0/8",
+                "224.0.0.0/4",
+                "255.255.255.255/32",
+                "169.254.0.0/16",
+                "240.0.0.0/4",
+                "0.0.0.0/8",
+                "198.51.100.0/25",
+                "198.51.100.0/24",
+            ],
+        )),
+        update(v4("198.51.100.3", &["198.51.100.1/32"])),
+        update(v4("127.0.0.1", &["203.0.113.0/24"])),
+        update(v4("169.254.0.1", &["203.0.116.0/24"])),
+        update(v4("240.0.0.1", &["203.0.117.0/24"])),
+        update(v4("198.51.100.2", &["203.0.115.0/24"])),
+        update(v6("2001:db8:2::2", &["2001:db8:99::/48"])),
+        update(v6("::1", &["2001:db8:98::/48"])),
+        update(v6("fe80::1", &["2001:db8:97::/48"])),
+        update(v6("2001:db8:1::1", &["fe80::/64", "ff02::/16", "::1/128"])),
+    ];
+    use petrel_tests::raw_peer::raw_update;
+    let ff02: [u8; 16] = "ff02::".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let nh6: [u8; 16] = "2001:db8:1::1"
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .octets();
+    let raw = vec![
+        raw_update(
+            65001,
+            Some([198, 51, 100, 1]),
+            None,
+            &[(&[224, 0, 0, 0], 4), (&[255, 255, 255, 255], 32)],
+        ),
+        raw_update(65001, None, Some(nh6), &[(&ff02, 16)]),
+    ];
+    let _peer = RawPeer::start(
+        &r.name,
+        "198.51.100.1:179".parse().unwrap(),
+        65001,
+        [198, 51, 100, 1],
+        updates,
+        raw,
+    );
+    let yaml = "node: { asn: 65002, router_id: 198.51.100.2, pod_cidrs: [10.244.2.0/24] }\npeers:\n  - { name: tor, address: 198.51.100.1, asn: 65001, hold_time: 3, connect_retry: 1, families: [ipv4, ipv6], import: { prefixes: [{ prefix: 0.0.0.0/0, le: 32 }, { prefix: \"::/0\", le: 128 }] } }\n";
+    let p = Petrel::start(&n, &dir, "petrel", yaml);
+    p.wait_established("tor", T);
+    petrel_tests::wait_gateways(&n, "198.18.0.0/16", &["198.51.100.1"], T);
+    let bad: &[(&str, &str)] = &[
+        ("127.0.0.0/8", "martian"),
+        ("224.0.0.0/4", "martian"),
+        ("255.255.255.255/32", "martian"),
+        ("169.254.0.0/16", "martian"),
+        ("240.0.0.0/4", "martian"),
+        ("0.0.0.0/8", "martian"),
+        ("fe80::/64", "martian"),
+        ("ff02::/16", "martian"),
+        ("::1/128", "martian"),
+        ("198.51.100.0/25", "connected"),
+        ("198.51.100.0/24", "connected"),
+        ("198.51.100.1/32", "connected"),
+        ("203.0.113.0/24", "unusable next hop"),
+        ("203.0.116.0/24", "unusable next hop"),
+        ("203.0.117.0/24", "unusable next hop"),
+        ("2001:db8:98::/48", "unusable next hop"),
+        ("2001:db8:97::/48", "unusable next hop"),
+        ("203.0.115.0/24", "our addresses"),
+        ("2001:db8:99::/48", "our addresses"),
+    ];
+    petrel_tests::wait_until_or(
+        "every offered route in the RIB",
+        T,
+        || {
+            bad.iter()
+                .all(|(pfx, _)| p.route(pfx).is_some())
+                .then_some(())
+        },
+        || p.routes().to_string(),
+    );
+    for (pfx, why) in bad {
+        let route = p.route(pfx).unwrap();
+        let path = &route["paths"][0];
+        assert_eq!(path["accepted"], false, "{pfx}: {route}");
+        assert!(
+            path["refused"].as_str().unwrap_or("").contains(why),
+            "{pfx} refused for {why:?}: {route}"
+        );
+        assert_eq!(route["in_fib"], false, "{pfx}");
+    }
+    // Several hold times later the session is still the first one: nothing rerouted it.
+    std::thread::sleep(Duration::from_secs(7));
+    let tor = p.peer("tor");
+    assert_eq!(tor["state"], "Established", "{tor}");
+    assert_eq!(tor["established_count"], 1, "{tor}");
+    // The kernel has the good route and nothing else from the peer.
+    let learned: Vec<String> = n
+        .routes4("proto 200")
+        .lines()
+        .chain(n.routes6("proto 200").lines())
+        .filter(|l| !l.starts_with("blackhole"))
+        .map(String::from)
+        .collect();
+    assert_eq!(learned.len(), 1, "{learned:?}");
+    let refused = tor["prefixes"]["refused"].clone();
+    assert_eq!(refused["martian"], 9, "{refused}");
+    assert_eq!(refused["inside_connected_subnet"], 3, "{refused}");
+    assert_eq!(refused["bad_next_hop"], 5, "{refused}");
+    assert_eq!(refused["next_hop_is_us"], 2, "{refused}");
+    drop(p);
+}
