@@ -58,24 +58,11 @@ pub fn speaker(cfg: &Config, restarting: bool, node_addresses: Vec<IpNet>) -> Sp
     }
 }
 
-/// The TCP MD5 key in a password file: its content without the trailing newline.
+/// The TCP MD5 key in a password file, read as `petrel check` reads it.
 fn read_key(path: &std::path::Path) -> anyhow::Result<Arc<[u8]>> {
-    let raw = std::fs::read(path).with_context(|| format!("password_file {}", path.display()))?;
-    let mut key: &[u8] = &raw;
-    while let Some((last, rest)) = key.split_last() {
-        if *last == b'\n' || *last == b'\r' {
-            key = rest;
-        } else {
-            break;
-        }
-    }
-    anyhow::ensure!(!key.is_empty(), "password_file {} is empty", path.display());
-    anyhow::ensure!(
-        key.len() <= 80,
-        "password_file {}: TCP MD5 keys are at most 80 bytes",
-        path.display()
-    );
-    Ok(key.into())
+    petrel_config::read_md5_key(path)
+        .map(Into::into)
+        .map_err(anyhow::Error::msg)
 }
 
 fn prefix_rules(r: &[petrel_config::PrefixRule]) -> Vec<PrefixRule> {

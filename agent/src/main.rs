@@ -112,6 +112,9 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Check { config } => match petrel_config::load(&config) {
             Ok(cfg) => {
+                for w in &cfg.warnings {
+                    eprintln!("{w}");
+                }
                 println!("{}: {}", config.display(), cfg.summary());
                 ExitCode::SUCCESS
             }

@@ -195,6 +195,24 @@ pub fn render(st: &AgentStatus, m: &Metrics) -> String {
         "Routes put back after someone deleted them",
         restored,
     );
+    let warnings: Gauge = Gauge::default();
+    warnings.set(st.warnings.len() as i64);
+    reg.register(
+        "warnings",
+        "Things status asks an operator to look at (see petrel status)",
+        warnings,
+    );
+    let reload_failed: Gauge = Gauge::default();
+    reload_failed.set(
+        st.warnings
+            .iter()
+            .any(|w| w.starts_with("the last reload failed")) as i64,
+    );
+    reg.register(
+        "config_reload_failed",
+        "1 while the last reload failed and the previous config runs",
+        reload_failed,
+    );
     let synced: Gauge = Gauge::default();
     synced.set(st.fib.synced as i64);
     reg.register(

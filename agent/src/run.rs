@@ -57,6 +57,17 @@ fn set_forwarding() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The config's warnings as status shows them; logged once here.
+fn warnings_of(cfg: &Config) -> Vec<String> {
+    cfg.warnings
+        .iter()
+        .map(|w| {
+            warn!("{w}");
+            w.to_string()
+        })
+        .collect()
+}
+
 /// Every address of this namespace, with its subnet, sorted.
 async fn interface_addresses() -> anyhow::Result<Vec<IpNet>> {
     let mut v =
@@ -150,6 +161,8 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
         protocol: cfg.fib.protocol,
         table: cfg.fib.table,
         metrics,
+        config_warnings: std::sync::RwLock::new(warnings_of(&cfg)),
+        reload_error: std::sync::RwLock::new(None),
     });
     // Status and health answer on a thread and runtime of their own: however busy route
     // processing keeps the main workers, they read snapshots and answer.
@@ -213,8 +226,18 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 match reload(&opts.config, &current, &agent).await {
-                    Ok(new) => current = new,
-                    Err(e) => error!(error = %e, "reload failed; keeping the running config"),
+                    Ok(new) => {
+                        *agent.config_warnings.write().unwrap_or_else(|e| e.into_inner()) =
+                            warnings_of(&new);
+                        *agent.reload_error.write().unwrap_or_else(|e| e.into_inner()) = None;
+                        current = new;
+                    }
+                    Err(e) => {
+                        // The whole chain: "peer tor: password_file ...: ...".
+                        let e = format!("{e:#}");
+                        error!(error = %e, "reload failed; keeping the running config");
+                        *agent.reload_error.write().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    }
                 }
             }
             _ = term.recv() => break,

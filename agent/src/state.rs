@@ -34,6 +34,10 @@ pub struct Agent {
     pub protocol: u8,
     pub table: u32,
     pub metrics: Metrics,
+    /// The config's warnings (a key file others can read, ...), as of the running config.
+    pub config_warnings: RwLock<Vec<String>>,
+    /// The last reload's failure, until a reload succeeds.
+    pub reload_error: RwLock<Option<String>>,
 }
 
 fn read_flag(path: &str) -> Option<bool> {
@@ -91,6 +95,18 @@ impl Agent {
         }
         if !self.healthy() {
             warnings.push("a task of the agent has stopped (see the log)".to_string());
+        }
+        warnings.extend(
+            self.config_warnings
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned(),
+        );
+        if let Some(e) = &*self.reload_error.read().unwrap_or_else(|e| e.into_inner()) {
+            warnings.push(format!(
+                "the last reload failed; the previous config runs: {e}"
+            ));
         }
         let peers = sp
             .peers

@@ -52,6 +52,58 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Static route source: prefixes announced as the node's own (`originate:`).
     pub originate: Vec<Originate>,
+    /// Not errors, but worth an operator's look (`petrel check` prints them, `run` logs
+    /// them and shows them in status).
+    pub warnings: Vec<Problem>,
+}
+
+/// Most bytes of a TCP MD5 key (RFC 2385 via Linux's TCP_MD5SIG_MAXKEYLEN).
+pub const MAX_MD5_KEY: usize = 80;
+
+/// The longest path a Unix socket can bind to (`sun_path` holds 108 bytes with the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Read a TCP MD5 key file as the agent uses it: its content without trailing newlines,
+/// 1 to 80 bytes. The error says what is wrong, without the location.
+pub fn read_md5_key(path: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?;
+    if meta.is_dir() {
+        return Err(format!("password_file {} is a directory", path.display()));
+    }
+    let raw = std::fs::read(path)
+        .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?;
+    let mut key: &[u8] = &raw;
+    while let Some((last, rest)) = key.split_last() {
+        if *last == b'\n' || *last == b'\r' {
+            key = rest;
+        } else {
+            break;
+        }
+    }
+    if key.is_empty() {
+        return Err(format!("password_file {} is empty", path.display()));
+    }
+    if key.len() > MAX_MD5_KEY {
+        return Err(format!(
+            "password_file {} holds a key of {} bytes; TCP MD5 keys are at most {MAX_MD5_KEY}",
+            path.display(),
+            key.len()
+        ));
+    }
+    Ok(key.to_vec())
+}
+
+/// A warning for a key file others may read.
+pub fn key_file_mode_warning(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "password_file {} is readable by group or others (mode {mode:04o}): chmod 600 it",
+            path.display()
+        )
+    })
 }
 
 /// One `originate:` entry.
@@ -123,6 +175,53 @@ pub struct NodeConfig {
     pub asn: u32,
     pub router_id: Ipv4Addr,
     pub pod_cidrs: PodCidrs,
+    /// Shortest pod CIDR accepted, per family (a node's pods rarely need more than a /16 or
+    /// a /48; a shorter one, and above all a default route, would take traffic the node
+    /// must not blackhole).
+    pub min_pod_cidr_len: MinPodCidrLen,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinPodCidrLen {
+    pub ipv4: u8,
+    pub ipv6: u8,
+}
+
+impl Default for MinPodCidrLen {
+    fn default() -> Self {
+        MinPodCidrLen { ipv4: 16, ipv6: 48 }
+    }
+}
+
+impl MinPodCidrLen {
+    /// Why `net` cannot be a pod CIDR, if it cannot.
+    pub fn refuse(&self, net: &IpNet) -> Option<String> {
+        let min = match net {
+            IpNet::V4(_) => self.ipv4,
+            IpNet::V6(_) => self.ipv6,
+        };
+        if net.prefix_len() == 0 {
+            Some(format!(
+                "pod CIDR {net} is a default route: blackholing it would take the node off the network"
+            ))
+        } else if net.prefix_len() < min {
+            Some(format!(
+                "pod CIDR {net} is shorter than /{min} (node.min_pod_cidr_len)"
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// Names that end up in logs, status and metrics labels: letters, digits, `.`, `_`, `-`
+/// (and `:` for node names), nothing that could forge a log line.
+pub fn safe_name(s: &str, max: usize, colon: bool) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || (colon && c == ':')
+        })
 }
 
 /// Where the node's pod CIDRs come from.

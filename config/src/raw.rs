@@ -74,6 +74,14 @@ pub(crate) struct RawNode {
     pub router_id: S<String>,
     pub pod_cidrs: Option<S<Vec<S<String>>>>,
     pub pod_cidrs_from: Option<S<String>>,
+    pub min_pod_cidr_len: Option<S<RawMinLen>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMinLen {
+    pub ipv4: Option<S<i64>>,
+    pub ipv6: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

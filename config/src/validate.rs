@@ -15,9 +15,19 @@ use crate::*;
 struct Ctx<'a> {
     file: &'a str,
     problems: Vec<Problem>,
+    warnings: Vec<Problem>,
 }
 
 impl Ctx<'_> {
+    fn warn(&mut self, at: Location, message: impl Into<String>) {
+        self.warnings.push(Problem {
+            file: self.file.to_string(),
+            line: at.line(),
+            column: at.column(),
+            message: format!("warning: {}", message.into()),
+        });
+    }
+
     fn err(&mut self, at: Location, message: impl Into<String>) {
         self.problems.push(Problem {
             file: self.file.to_string(),
@@ -122,9 +132,12 @@ pub fn parse_str(text: &str, file: &str, base: Option<&Path>) -> Result<Config, 
     let mut cx = Ctx {
         file,
         problems: Vec::new(),
+        warnings: Vec::new(),
     };
-    let cfg = build(&mut cx, raw, base);
+    let mut cfg = build(&mut cx, raw, base);
     if cx.problems.is_empty() {
+        cx.warnings.sort_by_key(|p| (p.line, p.column));
+        cfg.warnings = cx.warnings;
         Ok(cfg)
     } else {
         cx.problems.sort_by_key(|p| (p.line, p.column));
@@ -175,12 +188,7 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig, base: Option<&Path>) -> Config {
         bgp,
         fib: fib(cx, raw.fib.as_ref()),
         control: ControlConfig {
-            socket: raw
-                .control
-                .as_ref()
-                .and_then(|c| c.value.socket.as_ref())
-                .map(|s| PathBuf::from(&s.value))
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+            socket: control_socket(cx, raw.control.as_ref()),
         },
         metrics: MetricsConfig {
             address: raw
@@ -194,7 +202,26 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig, base: Option<&Path>) -> Config {
             .as_ref()
             .map(|l| originate(cx, l, &pod_cidrs))
             .unwrap_or_default(),
+        warnings: Vec::new(),
     }
+}
+
+fn control_socket(cx: &mut Ctx<'_>, raw: Option<&Spanned<RawControl>>) -> PathBuf {
+    let Some(s) = raw.and_then(|c| c.value.socket.as_ref()) else {
+        return PathBuf::from(DEFAULT_CONTROL_SOCKET);
+    };
+    if s.value.is_empty() {
+        cx.err(s.referenced, "control.socket is empty");
+    } else if s.value.len() > MAX_SOCKET_PATH {
+        cx.err(
+            s.referenced,
+            format!(
+                "control.socket is {} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH}",
+                s.value.len()
+            ),
+        );
+    }
+    PathBuf::from(&s.value)
 }
 
 fn asn(cx: &mut Ctx<'_>, v: &Spanned<i64>, what: &str) -> u32 {
@@ -222,6 +249,22 @@ fn node(cx: &mut Ctx<'_>, raw: &Spanned<RawNode>) -> NodeConfig {
         Some(id) => id,
         None => Ipv4Addr::UNSPECIFIED,
     };
+    if let Some(name) = &n.name
+        && !safe_name(&name.value, 253, true)
+    {
+        cx.err(
+            name.referenced,
+            format!(
+                "node name {:?}: only letters, digits, '.', '_', '-' and ':', at most 253",
+                name.value
+            ),
+        );
+    }
+    let mut min_len = MinPodCidrLen::default();
+    if let Some(m) = &n.min_pod_cidr_len {
+        min_len.ipv4 = cx.opt_int(&m.value.ipv4, 1, 32, "min_pod_cidr_len.ipv4", 16);
+        min_len.ipv6 = cx.opt_int(&m.value.ipv6, 1, 128, "min_pod_cidr_len.ipv6", 48);
+    }
     let pod_cidrs = match (&n.pod_cidrs, &n.pod_cidrs_from) {
         (Some(_), Some(from)) => {
             cx.err(
@@ -248,6 +291,10 @@ fn node(cx: &mut Ctx<'_>, raw: &Spanned<RawNode>) -> NodeConfig {
                 let Some(net) = cx.cidr(c, "pod CIDR") else {
                     continue;
                 };
+                if let Some(why) = min_len.refuse(&net) {
+                    cx.err(c.referenced, why);
+                    continue;
+                }
                 if let Some(other) = out.iter().find(|o| o.contains(&net) || net.contains(*o)) {
                     let msg = format!("pod CIDR {net} overlaps {other}");
                     cx.err(c.referenced, msg);
@@ -273,6 +320,7 @@ fn node(cx: &mut Ctx<'_>, raw: &Spanned<RawNode>) -> NodeConfig {
         asn,
         router_id,
         pod_cidrs,
+        min_pod_cidr_len: min_len,
     }
 }
 
@@ -388,6 +436,14 @@ fn peer(
     let before = cx.problems.len();
     if p.name.value.is_empty() {
         cx.err(p.name.referenced, "peer name is empty");
+    } else if !safe_name(&p.name.value, 64, false) {
+        cx.err(
+            p.name.referenced,
+            format!(
+                "peer name {:?}: only letters, digits, '.', '_' and '-', at most 64",
+                p.name.value
+            ),
+        );
     }
     let address = cx.parse::<IpAddr>(&p.address, "peer address");
     if let Some(a) = address
@@ -451,11 +507,30 @@ fn peer(
     );
     let password_file = p.password_file.as_ref().map(|f| {
         let path = PathBuf::from(&f.value);
-        match base {
+        let path = match base {
             Some(b) if path.is_relative() => b.join(path),
             _ => path,
+        };
+        // Read as `run` reads it, so that what passes here works there.
+        match read_md5_key(&path) {
+            Err(e) => cx.err(f.referenced, e),
+            Ok(_) => {
+                if let Some(w) = key_file_mode_warning(&path) {
+                    cx.warn(f.referenced, w);
+                }
+            }
         }
+        path
     });
+    // A pod CIDR holding the peer's address would blackhole the session.
+    if let Some(a) = address
+        && let Some(c) = pod_cidrs.iter().find(|c| c.contains(&a))
+    {
+        cx.err(
+            p.address.referenced,
+            format!("peer address {a} is inside the pod CIDR {c}"),
+        );
+    }
     let multihop = p
         .multihop
         .as_ref()

@@ -12,10 +12,36 @@ fn problems(text: &str) -> Vec<String> {
 
 const HEAD: &str = "node:\n  asn: 65002\n  router_id: 192.0.2.2\n  pod_cidrs: [10.244.2.0/24]\n";
 
+/// A scratch directory of this test process.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("petrel-config-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 #[test]
 fn issue_example_is_accepted_as_written() {
+    use std::os::unix::fs::PermissionsExt;
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/issue-example.yaml");
-    let cfg = load(path).unwrap();
+    let text = std::fs::read_to_string(path).unwrap();
+    // As written, on a machine without /etc/petrel/tor.key, check says so where it is named.
+    if !std::path::Path::new("/etc/petrel/tor.key").exists() {
+        let e = load(path).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(":10:20: cannot read password_file /etc/petrel/tor.key"),
+            "{e}"
+        );
+    }
+    // With the key where it says, accepted.
+    let dir = scratch("example");
+    let key = dir.join("tor.key");
+    std::fs::write(&key, "s3cret\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = text.replace("/etc/petrel/tor.key", key.to_str().unwrap());
+    let cfg = parse_str(&text, "issue-example.yaml", None).unwrap();
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
     assert_eq!(cfg.node.asn, 65002);
     assert_eq!(cfg.node.router_id.to_string(), "192.0.2.2");
     assert_eq!(
@@ -31,10 +57,7 @@ fn issue_example_is_accepted_as_written() {
     assert!(!tor.is_ibgp(cfg.node.asn));
     assert_eq!((tor.hold_time, tor.keepalive), (9, 3));
     assert_eq!(tor.families, vec![Family::Ipv4, Family::Ipv6]);
-    assert_eq!(
-        tor.password_file.as_deref(),
-        Some(std::path::Path::new("/etc/petrel/tor.key"))
-    );
+    assert_eq!(tor.password_file.as_deref(), Some(key.as_path()));
     let rules = tor.import.prefixes.as_ref().unwrap();
     assert_eq!(rules.len(), 2);
     assert!(rules[0].matches(&"198.51.100.0/24".parse().unwrap()));
@@ -72,7 +95,7 @@ fn unknown_key() {
     assert_eq!(
         problems(&format!("{HEAD}  colour: blue\n")),
         [
-            "p.yaml:5:3: unknown field `colour`, expected one of name, asn, router_id, pod_cidrs, pod_cidrs_from"
+            "p.yaml:5:3: unknown field `colour`, expected one of name, asn, router_id, pod_cidrs, pod_cidrs_from, min_pod_cidr_len"
         ]
     );
 }
@@ -251,5 +274,124 @@ fn rule_mistakes_are_located() {
             "p.yaml:22:28: import rules see learned routes only: `source` is for export rules",
             "p.yaml:23:27: prepend applies to export rules only",
         ]
+    );
+}
+
+#[test]
+fn password_files_are_read_as_run_reads_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("keys");
+    let put = |name: &str, content: &[u8], mode: u32| {
+        let p = dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    };
+    let empty = put("empty.key", b"\n", 0o600);
+    let long = put("long.key", &[b'k'; 81], 0o600);
+    let open = put("open.key", b"s3cret\n", 0o644);
+    let good = put("good.key", b"s3cret\n", 0o600);
+    let sub = dir.join("adir");
+    std::fs::create_dir_all(&sub).unwrap();
+    let peer = |i: usize, f: &std::path::Path| {
+        format!(
+            "  - {{ name: p{i}, address: 192.0.2.{}, asn: 65001, password_file: {} }}\n",
+            i + 1,
+            f.display()
+        )
+    };
+    let text = format!(
+        "{HEAD}peers:\n{}{}{}{}{}",
+        peer(0, &dir.join("missing.key")),
+        peer(1, &empty),
+        peer(2, &long),
+        peer(3, &sub),
+        peer(4, &good)
+    );
+    let got = problems(&text);
+    assert_eq!(got.len(), 4, "{got:#?}");
+    assert!(
+        got[0].starts_with("p.yaml:6:")
+            && got[0].contains("cannot read password_file")
+            && got[0].contains("No such file"),
+        "{}",
+        got[0]
+    );
+    assert!(
+        got[1].starts_with("p.yaml:7:") && got[1].ends_with("is empty"),
+        "{}",
+        got[1]
+    );
+    assert!(
+        got[2].starts_with("p.yaml:8:") && got[2].contains("81 bytes; TCP MD5 keys are at most 80"),
+        "{}",
+        got[2]
+    );
+    assert!(
+        got[3].starts_with("p.yaml:9:") && got[3].ends_with("is a directory"),
+        "{}",
+        got[3]
+    );
+    // Readable by others: accepted, with a located warning.
+    let cfg = parse_str(&format!("{HEAD}peers:\n{}", peer(0, &open)), "p.yaml", None).unwrap();
+    assert_eq!(cfg.warnings.len(), 1);
+    let w = cfg.warnings[0].to_string();
+    assert!(
+        w.starts_with("p.yaml:6:")
+            && w.contains("warning: password_file")
+            && w.contains("mode 0644"),
+        "{w}"
+    );
+}
+
+#[test]
+fn default_routes_short_pod_cidrs_and_peers_inside_them_are_refused() {
+    let text = "node:\n  asn: 65002\n  router_id: 192.0.2.2\n  pod_cidrs: [\"::/0\", 0.0.0.0/0, 10.0.0.0/8, 192.0.2.0/24, \"fd00::/32\"]\npeers:\n  - { name: tor, address: 192.0.2.1, asn: 65001 }\n";
+    assert_eq!(
+        problems(text),
+        vec![
+            "p.yaml:4:15: pod CIDR ::/0 is a default route: blackholing it would take the node off the network",
+            "p.yaml:4:23: pod CIDR 0.0.0.0/0 is a default route: blackholing it would take the node off the network",
+            "p.yaml:4:34: pod CIDR 10.0.0.0/8 is shorter than /16 (node.min_pod_cidr_len)",
+            "p.yaml:4:60: pod CIDR fd00::/32 is shorter than /48 (node.min_pod_cidr_len)",
+            "p.yaml:6:27: peer address 192.0.2.1 is inside the pod CIDR 192.0.2.0/24",
+        ]
+    );
+    // The minimum is the operator's to lower.
+    let ok = "node:\n  asn: 65002\n  router_id: 192.0.2.2\n  pod_cidrs: [10.0.0.0/8]\n  min_pod_cidr_len: { ipv4: 8 }\n";
+    parse_str(ok, "p.yaml", None).unwrap();
+}
+
+#[test]
+fn unsafe_names_and_socket_paths_are_refused() {
+    let long = format!("/run/{}", "x".repeat(110));
+    let text = format!(
+        "node:\n  name: \"evil\\nlog line\"\n  asn: 65002\n  router_id: 192.0.2.2\n  pod_cidrs: [10.244.2.0/24]\npeers:\n  - {{ name: \"tor\\u001b[31m\", address: 192.0.2.1, asn: 65001 }}\n  - {{ name: \"a b\", address: 192.0.2.3, asn: 65001 }}\ncontrol: {{ socket: {long} }}\n"
+    );
+    let got = problems(&text);
+    assert_eq!(got.len(), 4, "{got:#?}");
+    assert!(
+        got[0].starts_with("p.yaml:2:9: node name \"evil\\nlog line\": only letters"),
+        "{}",
+        got[0]
+    );
+    assert!(
+        got[1].starts_with("p.yaml:7:13: peer name \"tor\\u{1b}[31m\": only letters"),
+        "{}",
+        got[1]
+    );
+    assert!(
+        got[2].starts_with("p.yaml:8:13: peer name \"a b\""),
+        "{}",
+        got[2]
+    );
+    assert!(
+        got[3].starts_with("p.yaml:9:20: control.socket is 115 bytes long"),
+        "{}",
+        got[3]
+    );
+    assert_eq!(
+        problems(&format!("{HEAD}control: {{ socket: \"\" }}\n")),
+        vec!["p.yaml:5:20: control.socket is empty"]
     );
 }
