@@ -13,27 +13,59 @@ use tracing::{debug, warn};
 
 use crate::state::Agent;
 
-/// Serve requests until the listener is dropped. The socket file is replaced if present.
+/// The control socket, bound but not yet served: claimed before the agent touches the
+/// kernel, so that a second agent given the same path stops before it can disturb the
+/// first one's routes.
+pub struct Claimed {
+    listener: std::os::unix::net::UnixListener,
+    path: PathBuf,
+    ours: Option<(u64, u64)>,
+}
+
+/// Bind the control socket at `path`. A stale socket there is replaced; a live one (another
+/// agent) or any other kind of file is an error.
+pub fn claim(path: &Path) -> anyhow::Result<Claimed> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    make_free(path)?;
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("bind {}", path.display()))?;
+    listener.set_nonblocking(true)?;
+    let ours = identity(path);
+    // Status includes peer addresses and errors: root and the socket's group only.
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
+    Ok(Claimed {
+        listener,
+        path: path.to_path_buf(),
+        ours,
+    })
+}
+
+/// At most this many requests are answered at once; further clients wait in the listen
+/// backlog (holding no descriptor of ours) until one finishes or times out.
+const MAX_CLIENTS: usize = 32;
+
+/// Serve requests until the returned guard is dropped.
 pub fn serve(
-    path: &Path,
+    claimed: Claimed,
     agent: Arc<Agent>,
     rt: &tokio::runtime::Handle,
 ) -> anyhow::Result<SocketGuard> {
     let _in = rt.enter();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("remove {}", path.display())),
-    }
-    let listener = UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
-    // Status includes peer addresses and errors: root and the socket's group only.
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
+    let Claimed {
+        listener,
+        path,
+        ours,
+    } = claimed;
+    let listener = UnixListener::from_std(listener)?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     let task = rt.spawn(async move {
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let agent = agent.clone();
@@ -41,6 +73,7 @@ pub fn serve(
                         if let Err(e) = answer(stream, agent).await {
                             debug!(error = %e, "control request failed");
                         }
+                        drop(slot);
                     });
                 }
                 Err(e) => {
@@ -50,27 +83,61 @@ pub fn serve(
             }
         }
     });
-    Ok(SocketGuard {
-        path: path.to_path_buf(),
-        task,
-    })
+    Ok(SocketGuard { path, ours, task })
 }
 
-/// Removes the socket file when dropped.
+/// (device, inode) of a path, to recognise our own socket later.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Make `path` free for our socket: nothing there, or a stale socket nobody answers on.
+/// Never another kind of file, never the socket of a running agent.
+fn make_free(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("control socket {}", path.display())),
+        Ok(m) if !m.file_type().is_socket() => anyhow::bail!(
+            "control socket {}: the path exists and is not a socket; refusing to replace it",
+            path.display()
+        ),
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "control socket {}: another agent answers on it; refusing to start a second one",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("remove the stale socket {}", path.display()))
+        }
+    }
+}
+
+/// Removes the socket file when dropped, if it is still ours.
 pub struct SocketGuard {
     path: PathBuf,
+    ours: Option<(u64, u64)>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
         self.task.abort();
-        let _ = std::fs::remove_file(&self.path);
+        if self.ours.is_some() && identity(&self.path) == self.ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a client may take to read its answer (a full route table can be large).
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn answer(stream: UnixStream, agent: Arc<Agent>) -> anyhow::Result<()> {
     let (rd, mut wr) = stream.into_split();
@@ -89,8 +156,12 @@ async fn answer(stream: UnixStream, agent: Arc<Agent>) -> anyhow::Result<()> {
         )?,
         Err(e) => serde_json::to_vec(&serde_json::json!({ "error": format!("bad request: {e}") }))?,
     };
-    wr.write_all(&reply).await?;
-    wr.write_all(b"\n").await?;
-    wr.shutdown().await?;
+    tokio::time::timeout(REPLY_TIMEOUT, async {
+        wr.write_all(&reply).await?;
+        wr.write_all(b"\n").await?;
+        wr.shutdown().await
+    })
+    .await
+    .context("answer not read in time")??;
     Ok(())
 }

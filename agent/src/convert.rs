@@ -39,6 +39,44 @@ pub fn node_addresses(cfg: &Config, interfaces: Vec<IpNet>) -> Vec<IpNet> {
     v
 }
 
+/// Why `net` cannot be one of this node's pod CIDRs: too short (or a default route), or
+/// overlapping a subnet of one of the node's interfaces (blackholing it would cut the
+/// node off that link). Loopback addresses are not links and do not count.
+pub fn pod_cidr_problem(
+    min: &petrel_config::MinPodCidrLen,
+    interfaces: &[IpNet],
+    net: &IpNet,
+) -> Option<String> {
+    if let Some(why) = min.refuse(net) {
+        return Some(why);
+    }
+    interfaces
+        .iter()
+        .filter(|i| !i.addr().is_loopback())
+        .find(|i| i.trunc().contains(net) || net.contains(&i.addr()))
+        .map(|i| format!("pod CIDR {net} overlaps {i}, an address of this node and its subnet"))
+}
+
+/// The pod CIDRs that can be used, and why each of the others cannot.
+pub fn usable_pod_cidrs(
+    min: &petrel_config::MinPodCidrLen,
+    interfaces: &[IpNet],
+    cidrs: Vec<IpNet>,
+) -> (Vec<IpNet>, Vec<String>) {
+    let mut problems = Vec::new();
+    let ok = cidrs
+        .into_iter()
+        .filter(|c| match pod_cidr_problem(min, interfaces, c) {
+            Some(why) => {
+                problems.push(why);
+                false
+            }
+            None => true,
+        })
+        .collect();
+    (ok, problems)
+}
+
 pub fn speaker(cfg: &Config, restarting: bool, node_addresses: Vec<IpNet>) -> SpeakerConfig {
     let gr = &cfg.bgp.graceful_restart;
     SpeakerConfig {
@@ -178,4 +216,31 @@ pub fn peers(cfg: &Config) -> anyhow::Result<Vec<PeerConfig>> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn pod_cidrs_on_the_nodes_links_are_refused() {
+        let min = petrel_config::MinPodCidrLen::default();
+        let ifs = [n("198.51.100.2/24"), n("127.0.0.1/8"), n("2001:db8:1::2/64"), n("192.0.2.9/32")];
+        let why = |c: &str| pod_cidr_problem(&min, &ifs, &n(c));
+        assert!(why("198.51.100.128/25").unwrap().contains("overlaps 198.51.100.2/24"));
+        assert!(why("198.51.0.0/16").unwrap().contains("overlaps 198.51.100.2/24"));
+        assert!(why("2001:db8:1::/112").unwrap().contains("overlaps 2001:db8:1::2/64"));
+        assert!(why("192.0.2.0/24").unwrap().contains("overlaps 192.0.2.9/32"));
+        assert!(why("::/0").unwrap().contains("default route"));
+        assert!(why("10.0.0.0/8").unwrap().contains("shorter than /16"));
+        assert_eq!(why("10.244.2.0/24"), None);
+        assert_eq!(why("2001:db8:2::/64"), None);
+        let (ok, bad) = usable_pod_cidrs(&min, &ifs, vec![n("10.244.2.0/24"), n("198.51.100.0/26")]);
+        assert_eq!(ok, vec![n("10.244.2.0/24")]);
+        assert_eq!(bad.len(), 1);
+    }
 }

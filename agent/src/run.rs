@@ -91,7 +91,22 @@ fn status_runtime() -> std::io::Result<tokio::runtime::Handle> {
 
 pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
     let cfg = load(&opts.config)?;
+    let interfaces = interface_addresses()
+        .await
+        .context("list the node's addresses")?;
+    let pod_cidrs: Vec<IpNet> = match &cfg.node.pod_cidrs {
+        PodCidrs::Static(v) => v.clone(),
+        PodCidrs::Kubernetes => Vec::new(),
+    };
+    let (_, problems) =
+        convert::usable_pod_cidrs(&cfg.node.min_pod_cidr_len, &interfaces, pod_cidrs.clone());
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("; "));
+    }
+    // The control socket first: a second agent given the same path stops here, before it
+    // touches the first one's routes.
     let socket_path = opts.socket.clone().unwrap_or(cfg.control.socket.clone());
+    let socket = control::claim(&socket_path)?;
     let tag = tag(&cfg);
     let gr = cfg.bgp.graceful_restart.enabled;
     // Routes of ours still in the kernel mean a restart with forwarding preserved: tell the
@@ -103,11 +118,6 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
     if cfg.fib.enable_forwarding {
         set_forwarding()?;
     }
-    let pod_cidrs: Vec<IpNet> = match &cfg.node.pod_cidrs {
-        PodCidrs::Static(v) => v.clone(),
-        PodCidrs::Kubernetes => Vec::new(),
-    };
-    let peers = convert::peers(&cfg)?;
     let own_kind = match cfg.fib.own_cidr_route {
         OwnCidrRoute::Blackhole => Some(Target::Blackhole),
         OwnCidrRoute::Unreachable => Some(Target::Unreachable),
@@ -122,9 +132,51 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
         .context("start FIB sync")?;
     // The pod CIDRs' blackholes are in the kernel before any session can announce them.
     fib.set_own(pod_cidrs.clone()).await;
-    let interfaces = interface_addresses()
-        .await
-        .context("list the node's addresses")?;
+    let started = Started {
+        restarting,
+        fib: fib.clone(),
+        changes_tx,
+        metrics,
+        pod_cidrs,
+        interfaces,
+        socket,
+    };
+    match serve(opts, cfg, started).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // Whatever this run installed goes; a previous run's routes (a graceful
+            // restart) stay as they were found.
+            if !restarting {
+                fib.flush().await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What `run` has set up before the speaker starts.
+struct Started {
+    restarting: bool,
+    fib: crate::msg::Fib,
+    changes_tx: tokio::sync::mpsc::Sender<petrel_bgp::RibOutput>,
+    metrics: crate::msg::Metrics,
+    pod_cidrs: Vec<IpNet>,
+    interfaces: Vec<IpNet>,
+    socket: control::Claimed,
+}
+
+async fn serve(opts: RunOpts, cfg: Config, started: Started) -> anyhow::Result<()> {
+    let Started {
+        restarting,
+        fib,
+        changes_tx,
+        metrics,
+        pod_cidrs,
+        interfaces,
+        socket,
+    } = started;
+    let socket_path = opts.socket.clone().unwrap_or(cfg.control.socket.clone());
+    let peers = convert::peers(&cfg)?;
     let speaker = Speaker::start(
         convert::speaker(
             &cfg,
@@ -163,11 +215,12 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
         metrics,
         config_warnings: std::sync::RwLock::new(warnings_of(&cfg)),
         reload_error: std::sync::RwLock::new(None),
+        refused_pod_cidrs: std::sync::RwLock::new(Vec::new()),
     });
     // Status and health answer on a thread and runtime of their own: however busy route
     // processing keeps the main workers, they read snapshots and answer.
     let status_rt = status_runtime().context("start the status thread")?;
-    let _guard = control::serve(&socket_path, agent.clone(), &status_rt)?;
+    let _guard = control::serve(socket, agent.clone(), &status_rt)?;
     if let (PodCidrs::Kubernetes, Some(name)) = (&cfg.node.pod_cidrs, node_name) {
         let client = kube::Client::try_default()
             .await
@@ -175,9 +228,21 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
         info!(node = %name, "pod CIDRs come from the Kubernetes Node object");
         let mut rx = crate::k8s::watch_pod_cidrs(client, name);
         let agent = agent.clone();
+        let min = cfg.node.min_pod_cidr_len;
+        let interfaces = interfaces.clone();
         tokio::spawn(async move {
             while rx.changed().await.is_ok() {
                 let cidrs = rx.borrow_and_update().clone();
+                // The Node object is checked as the config file is: a default route or a
+                // CIDR on the node's own link would be blackholed.
+                let (cidrs, problems) = convert::usable_pod_cidrs(&min, &interfaces, cidrs);
+                for p in &problems {
+                    error!("ignoring a pod CIDR of the Node object: {p}");
+                }
+                *agent
+                    .refused_pod_cidrs
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = problems;
                 if change_pod_cidrs(&agent, cidrs).await.is_err() {
                     return;
                 }

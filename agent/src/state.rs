@@ -38,6 +38,8 @@ pub struct Agent {
     pub config_warnings: RwLock<Vec<String>>,
     /// The last reload's failure, until a reload succeeds.
     pub reload_error: RwLock<Option<String>>,
+    /// Pod CIDRs from the Node object that could not be used, and why.
+    pub refused_pod_cidrs: RwLock<Vec<String>>,
 }
 
 fn read_flag(path: &str) -> Option<bool> {
@@ -102,6 +104,13 @@ impl Agent {
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
                 .cloned(),
+        );
+        warnings.extend(
+            self.refused_pod_cidrs
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|w| format!("ignored a pod CIDR of the Node object: {w}")),
         );
         if let Some(e) = &*self.reload_error.read().unwrap_or_else(|e| e.into_inner()) {
             warnings.push(format!(

@@ -225,3 +225,120 @@ fn martians_and_bad_next_hops_are_refused_with_the_reason_shown() {
     assert_eq!(refused["next_hop_is_us"], 2, "{refused}");
     drop(p);
 }
+
+fn node_yaml(socket: &std::path::Path) -> String {
+    format!(
+        "node: {{ asn: 65002, router_id: 198.51.100.2, pod_cidrs: [10.244.2.0/24] }}\npeers:\n  - {{ name: tor, address: 198.51.100.1, asn: 65001, passive: true }}\ncontrol: {{ socket: {} }}\nbgp: {{ graceful_restart: {{ enabled: false }} }}\n",
+        socket.display()
+    )
+}
+
+/// Start `petrel run` with `yaml` in `ns` and wait for it to exit; its status and output.
+fn run_to_exit(ns: &petrel_tests::Netns, dir: &petrel_tests::TestDir, name: &str, yaml: &str) -> (Option<i32>, String) {
+    let cfg = dir.write(&format!("{name}.yaml"), yaml);
+    let log = dir.file(&format!("{name}.log"));
+    let mut d = ns.spawn(
+        name,
+        &[petrel_tests::bin("petrel").to_str().unwrap(), "run", "--config", cfg.to_str().unwrap()],
+        &log,
+    );
+    petrel_tests::wait_until("the agent to exit", T, || (!d.is_running()).then_some(()));
+    let code = d.stop(Duration::from_secs(1)).and_then(|s| s.code());
+    (code, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+#[test]
+fn the_control_socket_is_never_taken_from_a_running_agent_nor_a_file_deleted() {
+    let (dir, _r, n) = router_and_node("ctl-sock");
+    // The harness gives the first agent its own `--socket`; the second is pointed at it.
+    let first = Petrel::start(&n, &dir, "first", &node_yaml(&dir.file("unused.sock")));
+    let sock = first.socket.clone();
+    let before = first.status();
+    // A second agent given the same socket path refuses to start and leaves the first one
+    // (its socket, its routes) alone.
+    let (code, log) = run_to_exit(&n, &dir, "second", &node_yaml(&sock));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("another agent answers on"), "{log}");
+    let after = first.status();
+    assert_eq!(after["node"], before["node"]);
+    assert!(n.routes4("proto 200").contains("blackhole 10.244.2.0/24"));
+    // A regular file where the socket should be is not deleted.
+    let file = dir.write("not-a-socket", "precious\n");
+    let (code, log) = run_to_exit(&n, &dir, "third", &node_yaml(&file));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("is not a socket"), "{log}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious\n");
+    drop(first);
+    // A stale socket (its agent gone) is replaced.
+    let stale = dir.file("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let p = Petrel::start(&n, &dir, "fourth", &node_yaml(&stale));
+    assert_eq!(p.status()["node"]["asn"], 65002);
+}
+
+#[test]
+fn a_failed_start_leaves_no_route_behind() {
+    let (dir, _r, n) = router_and_node("failed-start");
+    // The metrics address is not the node's: the agent has installed its blackholes and
+    // started its speaker when binding it fails.
+    let yaml = node_yaml(&dir.file("a.sock")) + "metrics: { address: \"192.0.2.99:9179\" }\n";
+    let (code, log) = run_to_exit(&n, &dir, "agent", &yaml);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("metrics endpoint on 192.0.2.99:9179"), "{log}");
+    let left = n.routes4("proto 200") + &n.routes6("proto 200");
+    assert!(left.trim().is_empty(), "routes left behind:\n{left}\n{log}");
+}
+
+#[test]
+fn a_pod_cidr_on_a_subnet_of_the_node_is_refused_at_start() {
+    let (dir, _r, n) = router_and_node("pod-overlap");
+    // 198.51.100.0/24 is the node's own link.
+    let yaml = node_yaml(&dir.file("a.sock")).replace("10.244.2.0/24", "198.51.100.128/25");
+    let (code, log) = run_to_exit(&n, &dir, "agent", &yaml);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("pod CIDR 198.51.100.128/25 overlaps 198.51.100.2/24"),
+        "{log}"
+    );
+    assert!(n.routes4("proto 200").trim().is_empty());
+}
+
+#[test]
+fn a_failed_reload_is_shown_until_a_good_one() {
+    let (dir, _r, n) = router_and_node("reload");
+    let sock = dir.file("agent.sock");
+    let p = Petrel::start(&n, &dir, "agent", &node_yaml(&sock));
+    // A peer whose key file is missing: the reload fails, the old config runs.
+    let bad = node_yaml(&sock).replace(
+        "passive: true }",
+        &format!("passive: true, password_file: {} }}", dir.file("missing.key").display()),
+    );
+    std::fs::write(&p.config, &bad).unwrap();
+    p.daemon.hup();
+    let w = petrel_tests::wait_until_or(
+        "the failed reload in status",
+        T,
+        || {
+            let st = p.status();
+            st["warnings"]
+                .as_array()
+                .and_then(|w| {
+                    w.iter()
+                        .find(|x| x.as_str().unwrap_or("").contains("the last reload failed"))
+                        .cloned()
+                })
+        },
+        || p.status().to_string(),
+    );
+    // The whole chain: where, and what.
+    assert!(w.as_str().unwrap().contains("missing.key"), "{w}");
+    assert!(p.log_text().contains("missing.key"), "{}", p.log_text());
+    std::fs::write(&p.config, node_yaml(&sock)).unwrap();
+    p.daemon.hup();
+    petrel_tests::wait_until_or(
+        "the warning gone after a good reload",
+        T,
+        || (!p.status()["warnings"].to_string().contains("reload failed")).then_some(()),
+        || p.status().to_string(),
+    );
+}
