@@ -2,13 +2,16 @@
 //! routes` ask the running agent. The protocol and its types are `petrel_control`'s; status
 //! is answered from snapshots, so it never waits on route processing.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use petrel_control::{MAX_REQUEST, Request};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::state::Agent;
@@ -43,9 +46,13 @@ pub fn claim(path: &Path) -> anyhow::Result<Claimed> {
     })
 }
 
-/// At most this many requests are answered at once; further clients wait in the listen
-/// backlog (holding no descriptor of ours) until one finishes or times out.
-const MAX_CLIENTS: usize = 32;
+/// Connections accepted and still sending their request. One more closes the oldest of
+/// them: idle clients cannot keep a real one out, and never hold more than this many of
+/// our descriptors. The CLI writes its request as it connects, so it is never the oldest.
+const MAX_WAITING: usize = 32;
+
+/// Requests answered at once; a request over this gets a "busy" error at once.
+const MAX_ANSWERING: usize = 32;
 
 /// Serve requests until the returned guard is dropped.
 pub fn serve(
@@ -60,27 +67,58 @@ pub fn serve(
         ours,
     } = claimed;
     let listener = UnixListener::from_std(listener)?;
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    let answering = Arc::new(tokio::sync::Semaphore::new(MAX_ANSWERING));
+    // Connections still reading their request, oldest first: dropping the sender closes one.
+    let waiting: Arc<Mutex<VecDeque<(u64, oneshot::Sender<()>)>>> = Arc::default();
     let task = rt.spawn(async move {
+        let mut next_id = 0u64;
         loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let agent = agent.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = answer(stream, agent).await {
-                            debug!(error = %e, "control request failed");
-                        }
-                        drop(slot);
-                    });
-                }
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
                 Err(e) => {
                     warn!(error = %e, "control socket accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let id = next_id;
+            next_id += 1;
+            let (evict_tx, evict_rx) = oneshot::channel();
+            {
+                let mut q = waiting.lock().unwrap_or_else(|e| e.into_inner());
+                q.push_back((id, evict_tx));
+                while q.len() > MAX_WAITING {
+                    q.pop_front();
                 }
             }
+            let agent = agent.clone();
+            let waiting = waiting.clone();
+            let answering = answering.clone();
+            tokio::spawn(async move {
+                let (rd, wr) = stream.into_split();
+                let request = tokio::select! {
+                    r = read_request(rd) => r,
+                    _ = evict_rx => return,
+                };
+                waiting
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|(i, _)| *i != id);
+                let request = match request {
+                    Ok(r) => r,
+                    Err(e) => {
+                        debug!(error = %e, "control request failed");
+                        return;
+                    }
+                };
+                let reply = match answering.try_acquire_owned() {
+                    Ok(_slot) => answer(&request, &agent).await,
+                    Err(_) => error_reply("busy: too many requests at once; try again"),
+                };
+                if let Err(e) = send(wr, reply).await {
+                    debug!(error = %e, "control reply failed");
+                }
+            });
         }
     });
     Ok(SocketGuard { path, ours, task })
@@ -139,8 +177,8 @@ const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a client may take to read its answer (a full route table can be large).
 const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-async fn answer(stream: UnixStream, agent: Arc<Agent>) -> anyhow::Result<()> {
-    let (rd, mut wr) = stream.into_split();
+/// One request line, within [`REQUEST_TIMEOUT`] and [`MAX_REQUEST`] bytes.
+async fn read_request(rd: OwnedReadHalf) -> anyhow::Result<String> {
     let mut line = String::new();
     tokio::time::timeout(
         REQUEST_TIMEOUT,
@@ -148,14 +186,25 @@ async fn answer(stream: UnixStream, agent: Arc<Agent>) -> anyhow::Result<()> {
     )
     .await
     .context("no request in time")??;
+    Ok(line)
+}
+
+fn error_reply(msg: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "error": msg })).unwrap_or_default()
+}
+
+async fn answer(line: &str, agent: &Agent) -> Vec<u8> {
     let reply = match serde_json::from_str::<Request>(line.trim()) {
-        Ok(r) if r.get == "status" => serde_json::to_vec(&agent.status())?,
-        Ok(r) if r.get == "routes" => serde_json::to_vec(&agent.routes().await)?,
-        Ok(r) => serde_json::to_vec(
-            &serde_json::json!({ "error": format!("unknown request {:?}", r.get) }),
-        )?,
-        Err(e) => serde_json::to_vec(&serde_json::json!({ "error": format!("bad request: {e}") }))?,
+        Ok(r) if r.get == "status" => serde_json::to_vec(&agent.status()),
+        Ok(r) if r.get == "routes" => serde_json::to_vec(&agent.routes().await),
+        Ok(r) => return error_reply(&format!("unknown request {:?}", r.get)),
+        Err(e) => return error_reply(&format!("bad request: {e}")),
     };
+    reply.unwrap_or_else(|e| error_reply(&format!("encode: {e}")))
+}
+
+/// The reply and a newline, within [`REPLY_TIMEOUT`].
+async fn send(mut wr: OwnedWriteHalf, reply: Vec<u8>) -> anyhow::Result<()> {
     tokio::time::timeout(REPLY_TIMEOUT, async {
         wr.write_all(&reply).await?;
         wr.write_all(b"\n").await?;

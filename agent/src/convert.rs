@@ -229,17 +229,39 @@ mod tests {
     #[test]
     fn pod_cidrs_on_the_nodes_links_are_refused() {
         let min = petrel_config::MinPodCidrLen::default();
-        let ifs = [n("198.51.100.2/24"), n("127.0.0.1/8"), n("2001:db8:1::2/64"), n("192.0.2.9/32")];
+        let ifs = [
+            n("198.51.100.2/24"),
+            n("127.0.0.1/8"),
+            n("2001:db8:1::2/64"),
+            n("192.0.2.9/32"),
+        ];
         let why = |c: &str| pod_cidr_problem(&min, &ifs, &n(c));
-        assert!(why("198.51.100.128/25").unwrap().contains("overlaps 198.51.100.2/24"));
-        assert!(why("198.51.0.0/16").unwrap().contains("overlaps 198.51.100.2/24"));
-        assert!(why("2001:db8:1::/112").unwrap().contains("overlaps 2001:db8:1::2/64"));
-        assert!(why("192.0.2.0/24").unwrap().contains("overlaps 192.0.2.9/32"));
+        assert!(
+            why("198.51.100.128/25")
+                .unwrap()
+                .contains("overlaps 198.51.100.2/24")
+        );
+        assert!(
+            why("198.51.0.0/16")
+                .unwrap()
+                .contains("overlaps 198.51.100.2/24")
+        );
+        assert!(
+            why("2001:db8:1::/112")
+                .unwrap()
+                .contains("overlaps 2001:db8:1::2/64")
+        );
+        assert!(
+            why("192.0.2.0/24")
+                .unwrap()
+                .contains("overlaps 192.0.2.9/32")
+        );
         assert!(why("::/0").unwrap().contains("default route"));
         assert!(why("10.0.0.0/8").unwrap().contains("shorter than /16"));
         assert_eq!(why("10.244.2.0/24"), None);
         assert_eq!(why("2001:db8:2::/64"), None);
-        let (ok, bad) = usable_pod_cidrs(&min, &ifs, vec![n("10.244.2.0/24"), n("198.51.100.0/26")]);
+        let (ok, bad) =
+            usable_pod_cidrs(&min, &ifs, vec![n("10.244.2.0/24"), n("198.51.100.0/26")]);
         assert_eq!(ok, vec![n("10.244.2.0/24")]);
         assert_eq!(bad.len(), 1);
     }

@@ -4,9 +4,20 @@
 //!
 //! Peer and FIB figures are read from a status snapshot at each scrape; the FIB task feeds
 //! the batch-latency histogram as it works.
+//!
+//! The endpoint is often bound to every address of the node (the DaemonSet does), so it is
+//! reachable by anyone on the network: it never holds more than [`MAX_CONNECTIONS`]
+//! descriptors for remote clients and [`MAX_PER_SOURCE`] per source address, gives a client [`HEADER_TIMEOUT`] to
+//! send its request and [`CONNECTION_TIMEOUT`] in all. A connection over a cap is accepted
+//! and closed at once, so the listen backlog keeps moving and idle floods cost nothing;
+//! BGP's listener and the control socket never wait for descriptors held here. Clients on
+//! the node itself (loopback and the node's own addresses: the kubelet's probes) are held
+//! to the per-source cap only, so a flood from the network cannot fail the health checks.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -226,6 +237,11 @@ pub fn render(st: &AgentStatus, m: &Metrics) -> String {
         m.fib_batch_seconds.clone(),
     );
     reg.register(
+        "http_connections_refused",
+        "HTTP connections closed at once because a connection cap was reached",
+        m.http_refused.clone(),
+    );
+    reg.register(
         "fib_batch_routes",
         "Route operations per batch",
         m.fib_batch_routes.clone(),
@@ -270,10 +286,83 @@ async fn readyz(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
     }
 }
 
+/// Connections served at once from remote sources together.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once from one source address.
+pub const MAX_PER_SOURCE: usize = 16;
+/// Time a client has to send its request line and headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time a connection may live, keep-alive included (a scrape takes milliseconds).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Admission of connections: one global and one per-source count.
+#[derive(Clone, Default)]
+struct Admission {
+    /// The node's own addresses: exempt from the global cap.
+    local: Arc<Vec<IpAddr>>,
+    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    total: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A served connection's place in [`Admission`], given back on drop.
+struct Admitted {
+    adm: Admission,
+    source: IpAddr,
+    counted: bool,
+}
+
+impl Admission {
+    fn admit(&self, source: IpAddr) -> Option<Admitted> {
+        use std::sync::atomic::Ordering;
+        let source = source.to_canonical();
+        let counted = !(source.is_loopback() || self.local.contains(&source));
+        let mut map = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(source).or_insert(0);
+        if *n >= MAX_PER_SOURCE
+            || (counted && self.total.load(Ordering::Relaxed) >= MAX_CONNECTIONS)
+        {
+            if *n == 0 {
+                map.remove(&source);
+            }
+            return None;
+        }
+        *n += 1;
+        if counted {
+            self.total.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(Admitted {
+            adm: self.clone(),
+            source,
+            counted,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        let mut map = self
+            .adm
+            .per_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.source);
+            }
+        }
+        if self.counted {
+            self.adm.total.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Serve the endpoint on `addr` until the task is dropped.
 pub fn serve(
     addr: SocketAddr,
     agent: Arc<Agent>,
+    local: Vec<IpAddr>,
     rt: &tokio::runtime::Handle,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let _in = rt.enter();
@@ -281,14 +370,89 @@ pub fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(agent);
+        .with_state(agent.clone());
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
     info!(%addr, "metrics and health endpoint listening");
+    let refused = agent.metrics.http_refused.clone();
     Ok(rt.spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            warn!(error = %e, "metrics endpoint stopped");
+        let adm = Admission {
+            local: Arc::new(local),
+            ..Admission::default()
+        };
+        let mut last_error_log: Option<std::time::Instant> = None;
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors, say: log at most once a minute and retry soon.
+                    if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                        warn!(error = %e, "metrics endpoint accept failed");
+                        last_error_log = Some(std::time::Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(admitted) = adm.admit(peer.ip()) else {
+                refused.inc();
+                drop(stream);
+                continue;
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+                drop(admitted);
+            });
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_caps_remote_sources_and_spares_the_node() {
+        let node: IpAddr = "198.51.100.2".parse().unwrap();
+        let adm = Admission {
+            local: Arc::new(vec![node]),
+            ..Admission::default()
+        };
+        let one: IpAddr = "203.0.113.1".parse().unwrap();
+        let mut held: Vec<Admitted> = (0..MAX_PER_SOURCE)
+            .map(|_| adm.admit(one).expect("under the per-source cap"))
+            .collect();
+        assert!(adm.admit(one).is_none(), "per-source cap");
+        for i in 0..(MAX_CONNECTIONS - MAX_PER_SOURCE) {
+            let src = IpAddr::from([203, 0, 114, (i % 200) as u8 + 1]);
+            held.push(adm.admit(src).expect("under the global cap"));
+        }
+        assert!(
+            adm.admit("203.0.115.9".parse().unwrap()).is_none(),
+            "global cap"
+        );
+        // The node itself and loopback (also as a v4-mapped v6 address) still get in.
+        let local: Vec<Admitted> = [
+            node,
+            "127.0.0.1".parse().unwrap(),
+            "::ffff:127.0.0.1".parse().unwrap(),
+        ]
+        .into_iter()
+        .map(|a| adm.admit(a).expect("local sources are not globally capped"))
+        .collect();
+        drop(local);
+        held.truncate(MAX_CONNECTIONS - 1);
+        assert!(
+            adm.admit("203.0.115.9".parse().unwrap()).is_some(),
+            "a slot given back"
+        );
+        drop(held);
+        assert!(adm.per_source.lock().unwrap().len() <= 1);
+    }
 }

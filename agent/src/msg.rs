@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::{mpsc, oneshot};
 
@@ -113,6 +114,8 @@ pub struct Metrics {
     pub fib_batch_seconds: Histogram,
     /// Routes per batch.
     pub fib_batch_routes: Histogram,
+    /// HTTP connections closed at once because a connection cap was reached.
+    pub http_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -120,6 +123,7 @@ impl Default for Metrics {
         Metrics {
             fib_batch_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
             fib_batch_routes: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            http_refused: Counter::default(),
         }
     }
 }

@@ -89,7 +89,28 @@ fn status_runtime() -> std::io::Result<tokio::runtime::Handle> {
     Ok(handle)
 }
 
+/// Raise the soft descriptor limit to the hard one (often 1024 of 524288): the agent's
+/// needs grow with peers and netlink sockets, and every listener it serves has a cap of
+/// its own, so the limit is a ceiling that should never be met.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write a plain struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                info!(from = old, to = lim.rlim_max, "descriptor limit raised");
+            }
+        }
+    }
+}
+
 pub async fn run(opts: RunOpts) -> anyhow::Result<()> {
+    raise_fd_limit();
     let cfg = load(&opts.config)?;
     let interfaces = interface_addresses()
         .await
@@ -251,8 +272,13 @@ async fn serve(opts: RunOpts, cfg: Config, started: Started) -> anyhow::Result<(
     }
     let _metrics = match cfg.metrics.address {
         Some(addr) => Some(
-            crate::metrics::serve(addr, agent.clone(), &status_rt)
-                .with_context(|| format!("metrics endpoint on {addr}"))?,
+            crate::metrics::serve(
+                addr,
+                agent.clone(),
+                interfaces.iter().map(|n| n.addr()).collect(),
+                &status_rt,
+            )
+            .with_context(|| format!("metrics endpoint on {addr}"))?,
         ),
         None => None,
     };

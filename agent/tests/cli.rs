@@ -96,3 +96,38 @@ fn status_without_an_agent_says_so() {
         "{stderr}"
     );
 }
+
+/// An agent that accepts and never answers (hung, or a socket squatted by something else):
+/// status and routes give up after `--timeout` with a clear message, exit code 1.
+#[test]
+fn status_and_routes_give_up_on_a_mute_agent() {
+    let sock = write("mute-placeholder", "").with_file_name("mute.sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    // Accept every connection and hold it, reading nothing, writing nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    for what in ["status", "routes"] {
+        let start = std::time::Instant::now();
+        let out = petrel()
+            .args([what, "--timeout", "0.5", "--socket"])
+            .arg(&sock)
+            .output()
+            .unwrap();
+        let took = start.elapsed();
+        assert_eq!(out.status.code(), Some(1), "{what}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("did not answer within 0.5 s"),
+            "{what}: {stderr}"
+        );
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "{what} took {took:?}"
+        );
+    }
+}

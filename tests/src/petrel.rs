@@ -19,6 +19,7 @@ pub struct Petrel {
     runs: u32,
     dir: PathBuf,
     env: Vec<(String, String)>,
+    wrap: Vec<String>,
 }
 
 impl Petrel {
@@ -41,7 +42,22 @@ impl Petrel {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Self::launch(ns, dir, name, config, socket, 1, env)
+        Self::launch(ns, dir, name, config, socket, 1, env, Vec::new())
+    }
+
+    /// Like [`Petrel::start`], run through a wrapper that execs its command (for example
+    /// `prlimit --nofile=512:512 --`), so the pid is still the agent's.
+    pub fn start_wrapped(
+        ns: &Netns,
+        dir: &TestDir,
+        name: &str,
+        yaml: &str,
+        wrap: &[&str],
+    ) -> Petrel {
+        let config = dir.write(&format!("{name}.yaml"), yaml);
+        let socket = dir.file(&format!("{name}.sock"));
+        let wrap = wrap.iter().map(|s| s.to_string()).collect();
+        Self::launch(ns, dir, name, config, socket, 1, Vec::new(), wrap)
     }
 
     fn launch(
@@ -52,27 +68,25 @@ impl Petrel {
         socket: PathBuf,
         run: u32,
         env: Vec<(String, String)>,
+        wrap: Vec<String>,
     ) -> Petrel {
         // One log per run: a restart test wants both.
         let log = dir.file(&format!("{name}.run{run}.log"));
         let petrel = bin("petrel");
         let env_ref: Vec<(&str, &str)> =
             env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let daemon = ns.spawn_env(
-            name,
-            &[
-                petrel.to_str().unwrap(),
-                "run",
-                "--config",
-                config.to_str().unwrap(),
-                "--socket",
-                socket.to_str().unwrap(),
-                "--log",
-                "info,petrel_bgp=debug",
-            ],
-            &log,
-            &env_ref,
-        );
+        let mut argv: Vec<&str> = wrap.iter().map(String::as_str).collect();
+        argv.extend([
+            petrel.to_str().unwrap(),
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--socket",
+            socket.to_str().unwrap(),
+            "--log",
+            "info,petrel_bgp=debug",
+        ]);
+        let daemon = ns.spawn_env(name, &argv, &log, &env_ref);
         let p = Petrel {
             ns_name: ns.name.clone(),
             config,
@@ -83,6 +97,7 @@ impl Petrel {
             runs: run,
             dir: dir.path.clone(),
             env,
+            wrap,
         };
         wait_until_or(
             &format!("{name} control socket"),
@@ -104,6 +119,7 @@ impl Petrel {
             self.socket.clone(),
             self.runs + 1,
             self.env.clone(),
+            self.wrap.clone(),
         );
         *self = again;
     }

@@ -234,12 +234,22 @@ fn node_yaml(socket: &std::path::Path) -> String {
 }
 
 /// Start `petrel run` with `yaml` in `ns` and wait for it to exit; its status and output.
-fn run_to_exit(ns: &petrel_tests::Netns, dir: &petrel_tests::TestDir, name: &str, yaml: &str) -> (Option<i32>, String) {
+fn run_to_exit(
+    ns: &petrel_tests::Netns,
+    dir: &petrel_tests::TestDir,
+    name: &str,
+    yaml: &str,
+) -> (Option<i32>, String) {
     let cfg = dir.write(&format!("{name}.yaml"), yaml);
     let log = dir.file(&format!("{name}.log"));
     let mut d = ns.spawn(
         name,
-        &[petrel_tests::bin("petrel").to_str().unwrap(), "run", "--config", cfg.to_str().unwrap()],
+        &[
+            petrel_tests::bin("petrel").to_str().unwrap(),
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
         &log,
     );
     petrel_tests::wait_until("the agent to exit", T, || (!d.is_running()).then_some(()));
@@ -311,7 +321,10 @@ fn a_failed_reload_is_shown_until_a_good_one() {
     // A peer whose key file is missing: the reload fails, the old config runs.
     let bad = node_yaml(&sock).replace(
         "passive: true }",
-        &format!("passive: true, password_file: {} }}", dir.file("missing.key").display()),
+        &format!(
+            "passive: true, password_file: {} }}",
+            dir.file("missing.key").display()
+        ),
     );
     std::fs::write(&p.config, &bad).unwrap();
     p.daemon.hup();
@@ -320,13 +333,11 @@ fn a_failed_reload_is_shown_until_a_good_one() {
         T,
         || {
             let st = p.status();
-            st["warnings"]
-                .as_array()
-                .and_then(|w| {
-                    w.iter()
-                        .find(|x| x.as_str().unwrap_or("").contains("the last reload failed"))
-                        .cloned()
-                })
+            st["warnings"].as_array().and_then(|w| {
+                w.iter()
+                    .find(|x| x.as_str().unwrap_or("").contains("the last reload failed"))
+                    .cloned()
+            })
         },
         || p.status().to_string(),
     );
@@ -340,5 +351,130 @@ fn a_failed_reload_is_shown_until_a_good_one() {
         T,
         || (!p.status()["warnings"].to_string().contains("reload failed")).then_some(()),
         || p.status().to_string(),
+    );
+}
+
+/// Raise this process's soft descriptor limit to the hard one (the flood needs thousands).
+fn raise_own_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain struct in and out.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_flood_of_idle_connections_starves_neither_bgp_nor_health_nor_status() {
+    use petrel_tests::{Netns, TestDir, link, wait_until_or};
+    raise_own_fd_limit();
+    let dir = TestDir::new("fd-flood");
+    let r = Netns::new("r");
+    let n = Netns::new("n");
+    let (ri, _) = link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    // Twenty attackers beside the router.
+    let sources: Vec<String> = (10..30).map(|i| format!("198.51.100.{i}")).collect();
+    for s in &sources {
+        r.ip(&format!("addr add {s}/24 dev {ri}"));
+    }
+    let yaml = "node: { asn: 65002, router_id: 198.51.100.2, pod_cidrs: [10.244.2.0/24] }\npeers:\n  - { name: tor, address: 198.51.100.1, asn: 65001, hold_time: 3, passive: true, import: { prefixes: [{ prefix: 0.0.0.0/0, le: 32 }] } }\nmetrics: { address: \"0.0.0.0:9179\" }\n";
+    // The agent gets a small descriptor limit it cannot raise: 512.
+    let p = Petrel::start_wrapped(
+        &n,
+        &dir,
+        "petrel",
+        yaml,
+        &["prlimit", "--nofile=512:512", "--"],
+    );
+    let pid = p.daemon.pid().expect("agent pid");
+    let baseline = open_fds(pid);
+
+    // 2,000 idle TCP connections to the metrics port from the network (100 from each
+    // source), 1,000 idle connections to the control socket, all held.
+    let metrics_flood: Vec<std::net::TcpStream> = host::in_netns(&r.name, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut held = Vec::new();
+            for s in &sources {
+                for _ in 0..100 {
+                    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                    sock.bind(format!("{s}:0").parse().unwrap()).unwrap();
+                    if let Ok(Ok(c)) = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        sock.connect("198.51.100.2:9179".parse().unwrap()),
+                    )
+                    .await
+                    {
+                        held.push(c.into_std().unwrap());
+                    }
+                }
+            }
+            held
+        })
+    })
+    .unwrap();
+    let control_flood: Vec<std::os::unix::net::UnixStream> = (0..1000)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(&p.socket).ok())
+        .collect();
+    eprintln!(
+        "holding {} metrics and {} control connections; agent fds {baseline} before, {} now",
+        metrics_flood.len(),
+        control_flood.len(),
+        open_fds(pid)
+    );
+    assert!(metrics_flood.len() > 1000, "the flood itself failed");
+
+    // The configured peer comes now, and establishes.
+    let bird = petrel_tests::bird::Bird::start(
+        &r,
+        &dir,
+        "bird",
+        "router id 198.51.100.1;\nprotocol device {}\nprotocol static { ipv4; route 203.0.113.0/24 blackhole; }\nprotocol bgp tor {\n  local 198.51.100.1 as 65001;\n  neighbor 198.51.100.2 as 65002;\n  connect delay time 1;\n  connect retry time 1;\n  hold time 3;\n  ipv4 { import all; export all; };\n}\n",
+    );
+    bird.wait_established("tor", T);
+    p.wait_established("tor", T);
+    petrel_tests::wait_gateways(&n, "203.0.113.0/24", &["198.51.100.1"], T);
+    // The node's own health check still answers during the flood.
+    let health = petrel_tests::http_get(&n, "127.0.0.1", 9179, "/healthz");
+    assert!(health.contains("200 OK"), "{health}");
+    let fds = open_fds(pid);
+    assert!(
+        fds < 250,
+        "the agent holds {fds} descriptors under the flood"
+    );
+    let metrics = petrel_tests::http_get(&n, "127.0.0.1", 9179, "/metrics");
+    let refused: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("petrel_http_connections_refused_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no refusal counter in {metrics}"));
+    assert!(refused >= 1000.0, "refused {refused}");
+
+    // The flood gives up; status answers again at once.
+    drop(control_flood);
+    drop(metrics_flood);
+    wait_until_or(
+        "status after the flood",
+        T,
+        || p.try_status().map(|_| ()),
+        || p.daemon.log_tail(30),
+    );
+    assert!(
+        !p.log_text().contains("Too many open files"),
+        "{}",
+        p.daemon.log_tail(30)
     );
 }
