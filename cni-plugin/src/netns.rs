@@ -29,6 +29,32 @@ pub fn run_in<T>(path: &str, f: impl FnOnce() -> io::Result<T>) -> io::Result<T>
     out
 }
 
+/// Why the file at `path` cannot be a pod's network namespace, if it cannot: not a
+/// namespace at all (a regular file, a directory), another kind of namespace, or the
+/// namespace this plugin itself runs in (the node's: an ADD there would give the node the
+/// pod's addresses and default routes).
+pub fn unfit_for_a_pod(ns: &File) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    // NS_GET_NSTYPE: _IO(0xb7, 0x3); fails with ENOTTY on anything but an nsfs file.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: an ioctl without an argument on an fd we hold open.
+    let kind = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if kind < 0 {
+        return Some("not a network namespace".to_string());
+    }
+    if kind != libc::CLONE_NEWNET {
+        return Some("a namespace, but not a network namespace".to_string());
+    }
+    let (Ok(target), Ok(own)) = (ns.metadata(), std::fs::metadata("/proc/thread-self/ns/net"))
+    else {
+        return Some("cannot compare it with the plugin's own network namespace".to_string());
+    };
+    if (target.dev(), target.ino()) == (own.dev(), own.ino()) {
+        return Some("the node's own network namespace (the one this plugin runs in)".to_string());
+    }
+    None
+}
+
 /// Write a sysctl under /proc/sys/net of the calling thread's namespace.
 pub fn sysctl_set(key: &str, value: &str) -> io::Result<()> {
     std::fs::write(format!("/proc/sys/net/{key}"), value)

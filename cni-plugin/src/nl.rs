@@ -8,12 +8,17 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::RawFd;
 
 use ipnet::IpNet;
-use petrel_netlink::netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use petrel_netlink::netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE,
+};
 use petrel_netlink::netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
 use petrel_netlink::netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use petrel_netlink::netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
 use petrel_netlink::netlink_packet_route::route::{
     RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -35,6 +40,14 @@ pub struct Link {
     pub mtu: u32,
     pub up: bool,
     pub kind: Option<String>,
+}
+
+/// A neighbour (ARP or NDP) entry as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbour {
+    pub ip: IpAddr,
+    pub mac: Vec<u8>,
+    pub permanent: bool,
 }
 
 /// A route as the kernel reports it (main table).
@@ -299,6 +312,69 @@ impl Nl {
                     oif: r.oif,
                     scope_link: r.scope == RouteScope::Link,
                 });
+            }
+        }
+        Ok(out)
+    }
+
+    /// A permanent neighbour entry `ip` → `mac` on link `index`, replacing any entry there.
+    pub fn set_permanent_neighbour(
+        &mut self,
+        index: u32,
+        ip: IpAddr,
+        mac: [u8; 6],
+    ) -> io::Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = family(&ip);
+        m.header.ifindex = index;
+        m.header.state = NeighbourState::Permanent;
+        m.attributes.push(NeighbourAttribute::Destination(match ip {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        }));
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        self.request(
+            RouteNetlinkMessage::NewNeighbour(m),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+        Ok(())
+    }
+
+    /// The neighbour entries of both families on link `index`.
+    pub fn neighbours(&mut self, index: u32) -> io::Result<Vec<Neighbour>> {
+        let mut out = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut q = NeighbourMessage::default();
+            q.header.family = fam;
+            for m in self.request(RouteNetlinkMessage::GetNeighbour(q), NLM_F_DUMP)? {
+                let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                    continue;
+                };
+                if n.header.ifindex != index {
+                    continue;
+                }
+                let mut ip = None;
+                let mut mac = Vec::new();
+                for a in &n.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                            ip = Some(IpAddr::V4(*a))
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                            ip = Some(IpAddr::V6(*a))
+                        }
+                        NeighbourAttribute::LinkLayerAddress(m) => mac = m.clone(),
+                        _ => {}
+                    }
+                }
+                if let Some(ip) = ip {
+                    out.push(Neighbour {
+                        ip,
+                        mac,
+                        permanent: n.header.state == NeighbourState::Permanent,
+                    });
+                }
             }
         }
         Ok(out)

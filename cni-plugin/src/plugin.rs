@@ -8,9 +8,11 @@
 //!   default via fe80::1 (IPv6)
 //! ```
 //!
-//! The pod's ARP for 169.254.1.1 is answered by the host end through proxy ARP (the node
-//! must have a route covering 169.254.1.1, which its default route is); for IPv6 the host
-//! end owns fe80::1, so neighbour discovery needs no proxy. Addresses come from the IPAM
+//! The pod holds a permanent neighbour entry for its gateways (169.254.1.1 and fe80::1 →
+//! ee:ee:ee:ee:ee:ee, the MAC of every host veth): no ARP round trip before the first
+//! packet, and a gateway that does not depend on the node's routing. Proxy ARP on the host
+//! end stays as a fallback for a pod that flushes its neighbours (it answers only when the
+//! node has a route covering 169.254.1.1); for IPv6 the host end owns fe80::1 itself. Addresses come from the IPAM
 //! plugin named in `ipam.type` (normally `petrel-ipam`), called by delegation.
 
 use std::collections::HashSet;
@@ -204,6 +206,18 @@ fn gateway_of(a: &IpAddr) -> IpAddr {
     }
 }
 
+/// CNI_NETNS must name a network namespace other than the plugin's own: error 4 if not.
+fn fit_for_a_pod(ns: &std::fs::File, path: &str) -> Result<(), CniError> {
+    match netns::unfit_for_a_pod(ns) {
+        None => Ok(()),
+        Some(why) => Err(CniError::new(
+            code::INVALID_ENV,
+            format!("CNI_NETNS is {why}"),
+            format!("CNI_NETNS={path}"),
+        )),
+    }
+}
+
 pub fn add(env: &Env, conf: &Conf, raw: &[u8], version: &str) -> Result<Value, CniError> {
     let kind = ipam_type(conf)?;
     let host = host_veth_name(&conf.host_veth_prefix, &env.container_id, &env.ifname);
@@ -217,6 +231,7 @@ pub fn add(env: &Env, conf: &Conf, raw: &[u8], version: &str) -> Result<Value, C
             format!("{}: {e}", env.netns),
         )
     })?;
+    fit_for_a_pod(&ns, &env.netns)?;
     let mtu = match conf.mtu {
         Some(m) => m,
         None => nl
@@ -406,6 +421,13 @@ fn setup(
                 }
             }
         }
+        // The gateway's MAC is known (every host veth has it): a permanent entry means no
+        // ARP or neighbour discovery round trip before the first packet, and a gateway that
+        // works whatever the node's routing (proxy ARP answers only when the node has a
+        // route covering 169.254.1.1).
+        for a in &pod_addrs {
+            p.set_permanent_neighbour(l.index, gateway_of(a), HOST_MAC)?;
+        }
         Ok((mac_string(&l.mac), l.index))
     })
     .map_err(|e| setup_err("configuring the pod's interface", e))?;
@@ -480,6 +502,14 @@ pub fn check(env: &Env, conf: &Conf, raw: &[u8], prev: Option<&Value>) -> Result
     })?;
     let prev = CniResult::from_json(prev)?;
     let addrs = pod_addresses(&prev);
+    let ns = std::fs::File::open(&env.netns).map_err(|e| {
+        CniError::new(
+            code::UNKNOWN_CONTAINER,
+            "cannot open the pod's network namespace",
+            format!("{}: {e}", env.netns),
+        )
+    })?;
+    fit_for_a_pod(&ns, &env.netns)?;
     let host = host_veth_name(&conf.host_veth_prefix, &env.container_id, &env.ifname);
     let mut diffs: Vec<String> = Vec::new();
     let mut nl = Nl::open().map_err(|e| setup_err("netlink", e))?;
@@ -565,6 +595,21 @@ pub fn check(env: &Env, conf: &Conf, raw: &[u8], prev: Option<&Value>) -> Result
                 .any(|r| r.dst.prefix_len() == 0 && r.gateway == Some(IpAddr::V6(GATEWAY_V6)))
         {
             d.push("pod has no IPv6 default route via fe80::1".to_string());
+        }
+        let neigh = p.neighbours(l.index)?;
+        let mut gateways: Vec<IpAddr> = want.iter().map(gateway_of).collect();
+        gateways.sort();
+        gateways.dedup();
+        for gw in gateways {
+            if !neigh
+                .iter()
+                .any(|n| n.ip == gw && n.permanent && n.mac == HOST_MAC)
+            {
+                d.push(format!(
+                    "pod has no permanent neighbour {gw} lladdr {} on {ifname}",
+                    mac_string(&HOST_MAC)
+                ));
+            }
         }
         Ok(d)
     })

@@ -492,6 +492,157 @@ fn bad_input_gets_the_right_error_and_changes_nothing() {
 }
 
 #[test]
+fn cni_netns_of_the_node_or_not_a_namespace_is_refused_with_error_4() {
+    let n = node("cni-netns", &["10.244.12.0/24"]);
+    // Addresses other than the kernel's own link-local ones (whose DAD may end meanwhile).
+    let addrs = || -> Vec<String> {
+        n.node
+            .ip("-o addr show")
+            .lines()
+            .filter(|l| !l.contains("scope link"))
+            .map(String::from)
+            .collect()
+    };
+    let addrs_before = addrs();
+    let routes_before = n.node.ip("route show");
+    let links_before = n.node.ip("-o link show");
+    let file = n.dir.write("not-a-netns", "");
+    let dir = n.dir.file("ipam-dir-as-netns");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases: [(String, &str); 4] = [
+        // The plugin runs in the node's namespace: both names for it are refused.
+        (netns_path(&n.node), "node's own network namespace"),
+        (
+            "/proc/self/ns/net".to_string(),
+            "node's own network namespace",
+        ),
+        (file.display().to_string(), "not a network namespace"),
+        (dir.display().to_string(), "not a network namespace"),
+    ];
+    for (netns, why) in &cases {
+        let c = cni::run(
+            &n.node,
+            &cni_bin(),
+            "ADD",
+            "host-ns",
+            netns,
+            "eth0",
+            &n.conf,
+        );
+        assert_eq!(c.code(), Some(4), "{netns}: {}", c.stdout);
+        let msg = c.json()["msg"].as_str().unwrap().to_string();
+        assert!(msg.contains(why), "{netns}: {msg}");
+    }
+    // A user namespace file is a namespace, but not a network one.
+    let c = cni::run(
+        &n.node,
+        &cni_bin(),
+        "ADD",
+        "user-ns",
+        "/proc/self/ns/user",
+        "eth0",
+        &n.conf,
+    );
+    assert_eq!(c.code(), Some(4), "{}", c.stdout);
+    assert!(
+        c.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("not a network namespace"),
+        "{}",
+        c.stdout
+    );
+    // Nothing was taken or changed: no address allocated, the node as it was.
+    assert!(allocations(&n).is_empty());
+    assert_eq!(addrs(), addrs_before);
+    assert_eq!(n.node.ip("route show"), routes_before);
+    assert_eq!(n.node.ip("-o link show"), links_before);
+}
+
+#[test]
+fn a_pod_reaches_its_gateway_on_a_node_without_a_default_route() {
+    // A bare node: no uplink, no default route, its address on loopback.
+    let dir = TestDir::new("cni-noroute");
+    let node = Netns::new("node");
+    node.ip("addr add 192.0.2.7/32 dev lo");
+    node.sysctl("net.ipv4.ip_forward", "1");
+    let conf = json!({
+        "cniVersion": "1.1.0",
+        "name": "testnet",
+        "type": "petrel-cni",
+        "ipam": { "type": "petrel-ipam", "pod_cidrs": ["10.244.13.0/24"], "data_dir": dir.file("ipam") },
+    })
+    .to_string();
+    let pod = Netns::new("pod");
+    let c = cni::run(
+        &node,
+        &cni_bin(),
+        "ADD",
+        "bare",
+        &netns_path(&pod),
+        "eth0",
+        &conf,
+    );
+    assert!(c.ok, "ADD: {} {}", c.stdout, c.stderr);
+    let neigh = pod.ip("neigh show 169.254.1.1 dev eth0");
+    assert!(
+        neigh.contains("ee:ee:ee:ee:ee:ee") && neigh.contains("PERMANENT"),
+        "{neigh}"
+    );
+    // The pod reaches the node (and the node the pod) with no ARP for the gateway at all.
+    assert!(cni::ping(&pod, "192.0.2.7"), "pod to node");
+    let ia = c.json()["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(cni::ping(&node, &ia), "node to pod");
+    // CHECK verifies the entry.
+    let prev = json!({
+        "cniVersion": "1.1.0", "name": "testnet", "type": "petrel-cni",
+        "ipam": serde_json::from_str::<Value>(&conf).unwrap()["ipam"],
+        "prevResult": c.json(),
+    })
+    .to_string();
+    let check = || {
+        cni::run(
+            &node,
+            &cni_bin(),
+            "CHECK",
+            "bare",
+            &netns_path(&pod),
+            "eth0",
+            &prev,
+        )
+    };
+    let ok = check();
+    assert!(ok.ok, "CHECK: {} {}", ok.stdout, ok.stderr);
+    pod.ip("neigh del 169.254.1.1 dev eth0");
+    let bad = check();
+    assert_eq!(bad.code(), Some(101), "{}", bad.stdout);
+    assert!(
+        bad.json()["details"]
+            .as_str()
+            .unwrap()
+            .contains("no permanent neighbour 169.254.1.1 lladdr ee:ee:ee:ee:ee:ee"),
+        "{}",
+        bad.stdout
+    );
+    let c = cni::run(
+        &node,
+        &cni_bin(),
+        "DEL",
+        "bare",
+        &netns_path(&pod),
+        "eth0",
+        &conf,
+    );
+    assert!(c.ok, "DEL: {}", c.stdout);
+}
+
+#[test]
 fn a_failed_add_releases_its_address_and_veth() {
     let n = node("cni-rollback", &["10.244.12.0/24"]);
     let pod = Netns::new("pod");
