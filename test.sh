@@ -4,7 +4,7 @@
 #   ./test.sh [extra cargo-nextest arguments, e.g. -E 'binary(storm)']
 #
 # Installs the Debian packages the tests run (BIRD, GoBGP, FRR, containerd, the reference
-# CNI plugins, protoc for the CRI client) when any is missing, puts root in frrvty (zebra
+# CNI plugins) when any is missing, puts root in frrvty (zebra
 # wants it), stops the services the packages may have started in the root namespace (the
 # tests run their own daemons, each in namespaces the test makes), installs cargo-nextest
 # if it is absent, then runs every test of the workspace.
@@ -17,8 +17,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 pkgs=(bird2 gobgpd frr iproute2 iputils-ping procps util-linux iptables
-  containerd runc busybox-static containernetworking-plugins protobuf-compiler
-  build-essential pkg-config)
+  containerd runc busybox-static containernetworking-plugins build-essential)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

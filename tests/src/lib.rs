@@ -11,6 +11,7 @@
 pub mod bird;
 pub mod cni;
 pub mod containerd;
+pub mod cri;
 pub mod frr;
 pub mod gobgp;
 pub mod host;

@@ -7,16 +7,15 @@
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{
-    LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
-};
 use petrel_tests::containerd::Containerd;
+use petrel_tests::cri::{
+    LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
+    RunPodSandboxRequest, RuntimeService,
+};
 use petrel_tests::{Netns, TestDir, bin, link};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Endpoint, Uri};
 
-async fn client(socket: std::path::PathBuf) -> RuntimeServiceClient<Channel> {
+async fn client(socket: std::path::PathBuf) -> RuntimeService {
     let channel = Endpoint::try_from("http://[::]:50051")
         .unwrap()
         .connect_with_connector(tower::service_fn(move |_: Uri| {
@@ -27,7 +26,7 @@ async fn client(socket: std::path::PathBuf) -> RuntimeServiceClient<Channel> {
         }))
         .await
         .expect("connect to containerd");
-    RuntimeServiceClient::new(channel)
+    RuntimeService::new(channel)
 }
 
 fn sandbox(name: &str) -> PodSandboxConfig {
@@ -108,15 +107,14 @@ async fn pods_through_containerd_cri() {
         .await
         .expect("RunPodSandbox in time")
         .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}\n{}", ctd.daemon.log_tail(30)));
-        let id = r.into_inner().pod_sandbox_id;
+        let id = r.pod_sandbox_id;
         let st = rt
             .pod_sandbox_status(PodSandboxStatusRequest {
                 pod_sandbox_id: id.clone(),
                 verbose: true,
             })
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         let ip = st
             .status
             .as_ref()
@@ -150,16 +148,8 @@ async fn pods_through_containerd_cri() {
     );
 
     for id in &ids {
-        rt.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.clone(),
-        })
-        .await
-        .unwrap();
-        rt.remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.clone(),
-        })
-        .await
-        .unwrap();
+        rt.stop_pod_sandbox(id).await.unwrap();
+        rt.remove_pod_sandbox(id).await.unwrap();
     }
     // What the runtime sent: ADD, then DEL with the namespace, then DEL without.
     let log = std::fs::read_to_string(&calls).unwrap();
