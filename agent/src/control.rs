@@ -51,6 +51,10 @@ pub fn claim(path: &Path) -> anyhow::Result<Claimed> {
 /// our descriptors. The CLI writes its request as it connects, so it is never the oldest.
 const MAX_WAITING: usize = 32;
 
+/// Connections still reading their request, oldest first, by id; dropping the sender
+/// closes the connection.
+type Waiting = VecDeque<(u64, oneshot::Sender<()>)>;
+
 /// Requests answered at once; a request over this gets a "busy" error at once.
 const MAX_ANSWERING: usize = 32;
 
@@ -69,7 +73,7 @@ pub fn serve(
     let listener = UnixListener::from_std(listener)?;
     let answering = Arc::new(tokio::sync::Semaphore::new(MAX_ANSWERING));
     // Connections still reading their request, oldest first: dropping the sender closes one.
-    let waiting: Arc<Mutex<VecDeque<(u64, oneshot::Sender<()>)>>> = Arc::default();
+    let waiting: Arc<Mutex<Waiting>> = Arc::default();
     let task = rt.spawn(async move {
         let mut next_id = 0u64;
         loop {

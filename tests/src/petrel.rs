@@ -22,6 +22,17 @@ pub struct Petrel {
     wrap: Vec<String>,
 }
 
+/// What one `petrel run` is started with.
+struct Launch {
+    config: PathBuf,
+    socket: PathBuf,
+    /// 1 for the first run, then one more per restart (one log each).
+    run: u32,
+    env: Vec<(String, String)>,
+    /// A command that execs the agent (e.g. `prlimit ... --`), or nothing.
+    wrap: Vec<String>,
+}
+
 impl Petrel {
     /// Write `yaml` and start `petrel run` in `ns`; returns once the control socket answers.
     pub fn start(ns: &Netns, dir: &TestDir, name: &str, yaml: &str) -> Petrel {
@@ -42,7 +53,18 @@ impl Petrel {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Self::launch(ns, dir, name, config, socket, 1, env, Vec::new())
+        Self::launch(
+            ns,
+            dir,
+            name,
+            Launch {
+                config,
+                socket,
+                run: 1,
+                env,
+                wrap: Vec::new(),
+            },
+        )
     }
 
     /// Like [`Petrel::start`], run through a wrapper that execs its command (for example
@@ -57,19 +79,28 @@ impl Petrel {
         let config = dir.write(&format!("{name}.yaml"), yaml);
         let socket = dir.file(&format!("{name}.sock"));
         let wrap = wrap.iter().map(|s| s.to_string()).collect();
-        Self::launch(ns, dir, name, config, socket, 1, Vec::new(), wrap)
+        Self::launch(
+            ns,
+            dir,
+            name,
+            Launch {
+                config,
+                socket,
+                run: 1,
+                env: Vec::new(),
+                wrap,
+            },
+        )
     }
 
-    fn launch(
-        ns: &Netns,
-        dir: &TestDir,
-        name: &str,
-        config: PathBuf,
-        socket: PathBuf,
-        run: u32,
-        env: Vec<(String, String)>,
-        wrap: Vec<String>,
-    ) -> Petrel {
+    fn launch(ns: &Netns, dir: &TestDir, name: &str, l: Launch) -> Petrel {
+        let Launch {
+            config,
+            socket,
+            run,
+            env,
+            wrap,
+        } = l;
         // One log per run: a restart test wants both.
         let log = dir.file(&format!("{name}.run{run}.log"));
         let petrel = bin("petrel");
@@ -115,11 +146,13 @@ impl Petrel {
             ns,
             dir,
             &self.name,
-            self.config.clone(),
-            self.socket.clone(),
-            self.runs + 1,
-            self.env.clone(),
-            self.wrap.clone(),
+            Launch {
+                config: self.config.clone(),
+                socket: self.socket.clone(),
+                run: self.runs + 1,
+                env: self.env.clone(),
+                wrap: self.wrap.clone(),
+            },
         );
         *self = again;
     }
