@@ -6,12 +6,15 @@
 //!   packet, a timer that fired, an administrative change in; packets to send, timers to
 //!   arm and state changes out. It never reads the clock: intervals come out as durations
 //!   for the shell to arm, and the shell passes the random part of the jitter in.
+//! - [`runtime`]: the tokio shell: UDP sockets (TTL 255 out, checked on receipt for
+//!   single-hop), the timers, and a latest-value status per session for whoever watches.
 //!
 //! Asynchronous mode only (no Demand mode, no Echo function), as single-hop (RFC 5881) and
 //! multihop (RFC 5883) sessions alike: what differs between them (ports, TTL checks) is
 //! the runtime's business.
 
 pub mod packet;
+pub mod runtime;
 pub mod session;
 
 pub use packet::{ControlMsg, DecodeError, Diag, State};

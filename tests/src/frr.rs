@@ -10,6 +10,8 @@ pub struct Frr {
     pub dir: PathBuf,
     pub bgpd: Daemon,
     pub zebra: Daemon,
+    /// Started by [`Frr::start_bfdd`].
+    pub bfdd: Option<Daemon>,
 }
 
 impl Frr {
@@ -60,11 +62,40 @@ impl Frr {
             dir: d,
             bgpd,
             zebra,
+            bfdd: None,
         };
         wait_until("bgpd vty", Duration::from_secs(10), || {
             f.try_vtysh("show bgp summary").map(|_| ())
         });
         f
+    }
+
+    /// Start bfdd beside zebra and bgpd, with `config` (its `bfd` block) as its own file.
+    pub fn start_bfdd(&mut self, ns: &Netns, config: &str) {
+        require_tool("/usr/lib/frr/bfdd", "frr");
+        let conf = self.dir.join("bfdd.conf");
+        std::fs::write(&conf, config).expect("bfdd.conf");
+        let d = self.dir.display().to_string();
+        let args = [
+            "/usr/lib/frr/bfdd".to_string(),
+            "-u".into(),
+            "root".into(),
+            "-g".into(),
+            "root".into(),
+            "-i".into(),
+            format!("{d}/bfdd.pid"),
+            "-z".into(),
+            format!("{d}/zserv.api"),
+            "--vty_socket".into(),
+            d.clone(),
+            "-f".into(),
+            conf.display().to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        self.bfdd = Some(ns.spawn("bfdd", &args, &self.dir.join("bfdd.log")));
+        wait_until("bfdd vty", Duration::from_secs(10), || {
+            self.try_vtysh("show bfd peers").map(|_| ())
+        });
     }
 
     pub fn try_vtysh(&self, cmd: &str) -> Option<String> {

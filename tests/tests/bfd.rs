@@ -1,0 +1,164 @@
+//! Petrel's BFD runtime against FRR's bfdd in namespaces: the session comes up on both sides
+//! with the configured intervals, a link that silently drops everything is detected within
+//! the detection time, the session recovers, and a changed interval at FRR is taken over by
+//! Poll/Final without a flap.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use petrel_bfd::runtime::{Key, Status, spawn};
+use petrel_bfd::session::Config;
+use petrel_bfd::{Diag, State};
+use petrel_tests::frr::Frr;
+use petrel_tests::{Netns, TestDir, link, wait_until_or};
+
+const T: Duration = Duration::from_secs(20);
+
+/// Our BFD runtime on a thread of its own inside `ns`, with one session; every status it
+/// publishes, timestamped.
+struct Ours {
+    log: Arc<Mutex<Vec<(Instant, Status)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ours {
+    fn start(ns: &Netns, key: Key, cfg: Config) -> Ours {
+        let log: Arc<Mutex<Vec<(Instant, Status)>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l2, s2) = (log.clone(), stop.clone());
+        let path = format!("/var/run/netns/{}", ns.name);
+        let thread = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let f = std::fs::File::open(&path).expect("netns");
+            // SAFETY: setns on this thread only.
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let h = spawn();
+                let mut w = h.add(key, cfg).await;
+                while !s2.load(Ordering::Relaxed) {
+                    if let Ok(Ok(())) =
+                        tokio::time::timeout(Duration::from_millis(100), w.changed()).await
+                    {
+                        l2.lock()
+                            .unwrap()
+                            .push((Instant::now(), w.borrow().clone()));
+                    }
+                }
+                h.remove(key).await;
+            });
+        });
+        Ours {
+            log,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn last(&self) -> Option<Status> {
+        self.log.lock().unwrap().last().map(|(_, s)| s.clone())
+    }
+
+    fn wait(&self, what: &str, f: impl Fn(&Status) -> bool) -> Instant {
+        wait_until_or(
+            what,
+            T,
+            || {
+                // The time of the first status of the current run of statuses that hold.
+                let log = self.log.lock().unwrap();
+                if !log.last().is_some_and(|(_, s)| f(s)) {
+                    return None;
+                }
+                let from = log.iter().rposition(|(_, s)| !f(s)).map_or(0, |i| i + 1);
+                Some(log[from].0)
+            },
+            || format!("{:?}", self.last()),
+        )
+    }
+}
+
+impl Drop for Ours {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn bfd_with_frr_comes_up_detects_a_silent_link_and_renegotiates() {
+    let dir = TestDir::new("bfd-frr");
+    let r = Netns::new("r");
+    let n = Netns::new("n");
+    let (ri, _) = link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    let mut frr = Frr::start(&r, &dir, "frr", "frr defaults traditional\nhostname r\n!\n");
+    frr.start_bfdd(
+        &r,
+        "bfd\n peer 198.51.100.2\n  receive-interval 300\n  transmit-interval 300\n  detect-multiplier 3\n !\n!\n",
+    );
+    let ours = Ours::start(
+        &n,
+        Key {
+            local: "198.51.100.2".parse().unwrap(),
+            remote: "198.51.100.1".parse().unwrap(),
+            multihop: false,
+        },
+        Config::default(),
+    );
+    ours.wait("our session Up", |s| s.state == State::Up);
+    wait_until_or(
+        "FRR sees the session up",
+        T,
+        || {
+            frr.try_vtysh("show bfd peers")
+                .filter(|o| o.contains("Status: up"))
+                .map(|_| ())
+        },
+        || frr.vtysh("show bfd peers"),
+    );
+    // Settled on the configured intervals (after the slow-to-fast Poll).
+    ours.wait("300 ms both ways, 900 ms detection", |s| {
+        s.tx_us == 300_000 && s.rx_us == 300_000 && s.detection_us == 900_000
+    });
+    let peers = frr.vtysh("show bfd peers");
+    assert!(peers.contains("Remote timers:"), "{peers}");
+
+    // The link goes silent: everything FRR's side receives or sends vanishes; the
+    // interface stays up, nothing tells us.
+    let drop_rules = [
+        format!("iptables -A INPUT -i {ri} -j DROP"),
+        format!("iptables -A OUTPUT -o {ri} -j DROP"),
+    ];
+    for rule in &drop_rules {
+        r.sh_ok(rule);
+    }
+    let silent = Instant::now();
+    let down_at = ours.wait("our session Down", |s| s.state == State::Down);
+    let took = down_at.duration_since(silent);
+    eprintln!("silent link detected after {took:?}");
+    // 900 ms after the last packet heard at most; slack for a busy machine.
+    assert!(
+        took < Duration::from_millis(1500),
+        "detected after {took:?}"
+    );
+    let st = ours.last().unwrap();
+    assert_eq!(st.last_down, Diag::DetectionTimeExpired);
+    assert_eq!(st.flaps, 1);
+
+    for rule in &drop_rules {
+        r.sh_ok(&rule.replace(" -A ", " -D "));
+    }
+    ours.wait("Up again", |s| s.state == State::Up);
+
+    // FRR asks for packets every 600 ms: we follow by Poll/Final, without a flap.
+    frr.vtysh_conf(&["bfd", "peer 198.51.100.2", "receive-interval 600"]);
+    ours.wait("our transmit interval 600 ms", |s| s.tx_us == 600_000);
+    assert_eq!(ours.last().unwrap().flaps, 1, "no flap while renegotiating");
+    assert_eq!(ours.last().unwrap().state, State::Up);
+}
