@@ -162,3 +162,102 @@ fn bfd_with_frr_comes_up_detects_a_silent_link_and_renegotiates() {
     assert_eq!(ours.last().unwrap().flaps, 1, "no flap while renegotiating");
     assert_eq!(ours.last().unwrap().state, State::Up);
 }
+
+#[test]
+fn bfd_with_bird_comes_up_and_detects_a_silent_link() {
+    use petrel_tests::bird::Bird;
+    let dir = TestDir::new("bfd-bird");
+    let r = Netns::new("r");
+    let n = Netns::new("n");
+    let (ri, _) = link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    // RFC 5881 source ports for BIRD's sessions.
+    r.sysctl("net.ipv4.ip_local_port_range", "49152 65535");
+    let bird = Bird::start(
+        &r,
+        &dir,
+        "bird",
+        "router id 198.51.100.1;\nprotocol device {}\nprotocol bfd {\n  interface \"*\" { min rx interval 300 ms; min tx interval 300 ms; multiplier 3; };\n  neighbor 198.51.100.2;\n}\n",
+    );
+    let ours = Ours::start(
+        &n,
+        Key {
+            local: "198.51.100.2".parse().unwrap(),
+            remote: "198.51.100.1".parse().unwrap(),
+            multihop: false,
+        },
+        Config::default(),
+    );
+    ours.wait("our session Up", |s| s.state == State::Up);
+    wait_until_or(
+        "BIRD sees the session Up",
+        T,
+        || {
+            bird.try_birdc("show bfd sessions")
+                .filter(|o| {
+                    o.lines()
+                        .any(|l| l.contains("198.51.100.2") && l.contains("Up"))
+                })
+                .map(|_| ())
+        },
+        || bird.birdc("show bfd sessions"),
+    );
+    ours.wait("300 ms both ways", |s| {
+        s.tx_us == 300_000 && s.detection_us == 900_000
+    });
+    let drop_rules = [
+        format!("iptables -A INPUT -i {ri} -j DROP"),
+        format!("iptables -A OUTPUT -o {ri} -j DROP"),
+    ];
+    for rule in &drop_rules {
+        r.sh_ok(rule);
+    }
+    let silent = Instant::now();
+    let down_at = ours.wait("our session Down", |s| s.state == State::Down);
+    let took = down_at.duration_since(silent);
+    eprintln!("silent link detected after {took:?}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "detected after {took:?}"
+    );
+    assert_eq!(ours.last().unwrap().last_down, Diag::DetectionTimeExpired);
+    for rule in &drop_rules {
+        r.sh_ok(&rule.replace(" -A ", " -D "));
+    }
+    ours.wait("Up again", |s| s.state == State::Up);
+}
+
+#[test]
+fn bfd_over_ipv6_with_frr() {
+    let dir = TestDir::new("bfd-frr6");
+    let r = Netns::new("r");
+    let n = Netns::new("n");
+    let (ri, _) = link(&r, &["2001:db8:5::1/64"], &n, &["2001:db8:5::2/64"]);
+    let mut frr = Frr::start(&r, &dir, "frr", "frr defaults traditional\nhostname r\n!\n");
+    frr.start_bfdd(
+        &r,
+        &format!("bfd\n peer 2001:db8:5::2 interface {ri}\n  receive-interval 300\n  transmit-interval 300\n !\n!\n"),
+    );
+    let ours = Ours::start(
+        &n,
+        Key {
+            local: "2001:db8:5::2".parse().unwrap(),
+            remote: "2001:db8:5::1".parse().unwrap(),
+            multihop: false,
+        },
+        Config::default(),
+    );
+    ours.wait("our session Up", |s| s.state == State::Up);
+    wait_until_or(
+        "FRR sees the IPv6 session up",
+        T,
+        || {
+            frr.try_vtysh("show bfd peers")
+                .filter(|o| o.contains("Status: up"))
+                .map(|_| ())
+        },
+        || frr.vtysh("show bfd peers"),
+    );
+    ours.wait("300 ms both ways", |s| {
+        s.tx_us == 300_000 && s.detection_us == 900_000
+    });
+}
