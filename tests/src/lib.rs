@@ -129,9 +129,39 @@ pub struct Netns {
     pub name: String,
 }
 
+/// Remove the namespaces (and their processes) of test processes that died without
+/// cleaning up: killed by a timeout, their `Drop` guards never ran. A name `pt-<id>-…`
+/// carries its creator's pid (see [`unique_id`]); only namespaces whose creator is gone are
+/// touched, so tests running beside this one keep theirs.
+pub fn sweep_dead_tests_namespaces() -> Vec<String> {
+    let mut swept = Vec::new();
+    for name in netns_names() {
+        let Some(id) = name
+            .strip_prefix("pt-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+        else {
+            continue;
+        };
+        let pid = id >> 8;
+        if pid == 0 || pid == std::process::id() & 0xffffff {
+            continue;
+        }
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            host::netns_destroy(&name);
+            swept.push(name);
+        }
+    }
+    swept
+}
+
 impl Netns {
     pub fn new(label: &str) -> Netns {
         require_root();
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(|| {
+            let _ = sweep_dead_tests_namespaces();
+        });
         let name = format!("pt-{}-{label}", unique_id());
         host::netns_add(&name).unwrap_or_else(|e| panic!("{e:#}"));
         Netns { name }
@@ -419,4 +449,25 @@ pub fn wait_gateways(ns: &Netns, prefix: &str, want: &[&str], timeout: Duration)
         || ns.routes4(""),
     );
     start.elapsed()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn namespaces_of_dead_test_processes_are_swept_and_live_ones_kept() {
+        super::require_root();
+        // A pid that no process has now.
+        let dead = (1000..4_000_000u32)
+            .rev()
+            .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+            .unwrap();
+        // Ours first (its first Netns sweeps once by itself), then the orphan.
+        let mine = super::Netns::new("kept");
+        let orphan = format!("pt-{:x}-orphan", (dead << 8) | 1);
+        super::host::netns_add(&orphan).unwrap();
+        let swept = super::sweep_dead_tests_namespaces();
+        assert!(swept.contains(&orphan), "{swept:?}");
+        assert!(!super::netns_names().contains(&orphan));
+        assert!(super::netns_names().contains(&mine.name));
+    }
 }
