@@ -213,6 +213,7 @@ pub fn peers(cfg: &Config) -> anyhow::Result<Vec<PeerConfig>> {
                 next_hop_v6: p.next_hop_ipv6,
                 graceful_restart: p.graceful_restart,
                 enforce_first_as: p.enforce_first_as,
+                liveness_required: p.bfd.is_some_and(|b| b.strict),
             })
         })
         .collect()

@@ -130,6 +130,37 @@ pub fn status(s: &AgentStatus) -> String {
         ],
         &rows,
     ));
+    let bfd: Vec<Vec<String>> = s
+        .peers
+        .iter()
+        .filter_map(|p| p.bfd.as_ref().map(|b| (p, b)))
+        .map(|(p, b)| {
+            vec![
+                p.name.clone(),
+                b.state.clone(),
+                format!("{}/{}/{} ms", b.tx_ms, b.rx_ms, b.detection_ms),
+                format!("{:#x}", b.remote_discriminator),
+                b.remote_control_plane_independent.to_string(),
+                b.flaps.to_string(),
+                b.last_down.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    if !bfd.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &[
+                "BFD PEER",
+                "STATE",
+                "TX/RX/DETECT",
+                "REMOTE DISCR",
+                "REMOTE C",
+                "FLAPS",
+                "LAST DOWN",
+            ],
+            &bfd,
+        ));
+    }
     out.push('\n');
     let f = &s.fib;
     let fw = |v: Option<bool>| match v {

@@ -4,6 +4,7 @@
 //! - `petrel check --config FILE`: validate a config file (`FILE:LINE:COL: message`).
 //! - `petrel status [--json]` and `petrel routes [--json]`: ask the running daemon.
 
+mod bfd;
 mod control;
 mod convert;
 mod display;

@@ -213,6 +213,8 @@ async fn serve(opts: RunOpts, cfg: Config, started: Started) -> anyhow::Result<(
     )
     .await
     .context("start the BGP speaker")?;
+    let bfd = crate::bfd::Bfd::start();
+    bfd.apply(&cfg.peers, &speaker).await;
     // In Kubernetes mode the node's name is known before anything answers on the socket.
     let node_name = match cfg.node.pod_cidrs {
         PodCidrs::Kubernetes => Some(crate::k8s::node_name(cfg.node.name.as_deref())?),
@@ -220,6 +222,7 @@ async fn serve(opts: RunOpts, cfg: Config, started: Started) -> anyhow::Result<(
     };
     let agent = Arc::new(Agent {
         speaker: speaker.clone(),
+        bfd,
         fib: fib.clone(),
         node: std::sync::RwLock::new(NodeInfo {
             name: node_name.clone(),
@@ -389,6 +392,8 @@ async fn reload(path: &Path, old: &Config, agent: &Agent) -> anyhow::Result<Conf
         warn!("fib, control and bgp settings take effect at the next restart");
     }
     agent.speaker.set_peers(convert::peers(&new)?).await?;
+    agent.bfd.apply(&new.peers, &agent.speaker).await;
+    agent.bfd.reassert(&agent.speaker).await;
     if let (PodCidrs::Static(a), PodCidrs::Static(b)) = (&old.node.pod_cidrs, &new.node.pod_cidrs)
         && a != b
     {

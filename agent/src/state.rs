@@ -29,6 +29,7 @@ pub struct NodeInfo {
 /// What the control socket and metrics need from the running agent.
 pub struct Agent {
     pub speaker: Speaker,
+    pub bfd: crate::bfd::Bfd,
     pub fib: Fib,
     pub node: RwLock<NodeInfo>,
     pub protocol: u8,
@@ -159,6 +160,7 @@ impl Agent {
                     updates_in: p.updates_in,
                     updates_out: p.updates_out,
                     established_count: p.established_count,
+                    bfd: self.bfd.view(&p.name),
                 }
             })
             .collect();

@@ -307,6 +307,32 @@ pub struct PeerConfig {
     /// Export rules (first match decides; no match: the node's own routes go out, learned
     /// ones do not).
     pub export: Vec<Rule>,
+    /// BFD on this session (RFC 5880/5882); `None`: off.
+    pub bfd: Option<BfdConfig>,
+}
+
+/// A peer's BFD session; intervals in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BfdConfig {
+    /// Required Min RX Interval: how often the peer may send to us.
+    pub min_rx: u32,
+    /// Desired Min TX Interval: how often we would like to send.
+    pub min_tx: u32,
+    /// Detect Mult.
+    pub multiplier: u8,
+    /// Hold the BGP session in Idle until BFD is Up (RFC 9384 style).
+    pub strict: bool,
+}
+
+impl Default for BfdConfig {
+    fn default() -> Self {
+        BfdConfig {
+            min_rx: 300,
+            min_tx: 300,
+            multiplier: 3,
+            strict: false,
+        }
+    }
 }
 
 impl PeerConfig {

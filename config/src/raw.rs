@@ -109,6 +109,48 @@ pub(crate) struct RawPeer {
     pub graceful_restart: Option<bool>,
     pub enforce_first_as: Option<bool>,
     pub export: Option<S<Vec<S<RawRule>>>>,
+    pub bfd: Option<S<RawBfdOrBool>>,
+}
+
+/// `bfd: true` or `bfd: { enabled: true, min_rx: 300, ... }`. Not `#[serde(untagged)]`:
+/// that buffers the value and loses the locations inside it.
+#[derive(Debug)]
+pub(crate) enum RawBfdOrBool {
+    Bool(bool),
+    Table(Box<RawBfd>),
+}
+
+impl<'de> Deserialize<'de> for RawBfdOrBool {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawBfdOrBool;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or a table of BFD settings")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(RawBfdOrBool::Bool(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                RawBfd::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|t| RawBfdOrBool::Table(Box::new(t)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBfd {
+    pub enabled: Option<bool>,
+    pub min_rx: Option<S<i64>>,
+    pub min_tx: Option<S<i64>>,
+    pub multiplier: Option<S<i64>>,
+    pub strict: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

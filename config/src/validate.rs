@@ -597,6 +597,19 @@ fn peer(
         .next_hop_ipv6
         .as_ref()
         .and_then(|a| cx.parse::<Ipv6Addr>(a, "next_hop_ipv6"));
+    let bfd = p.bfd.as_ref().and_then(|b| match &b.value {
+        RawBfdOrBool::Bool(on) => on.then(BfdConfig::default),
+        RawBfdOrBool::Table(t) => {
+            let d = BfdConfig::default();
+            let c = BfdConfig {
+                min_rx: cx.opt_int(&t.min_rx, 10, 60_000, "bfd min_rx (ms)", d.min_rx),
+                min_tx: cx.opt_int(&t.min_tx, 10, 60_000, "bfd min_tx (ms)", d.min_tx),
+                multiplier: cx.opt_int(&t.multiplier, 1, 255, "bfd multiplier", d.multiplier),
+                strict: t.strict.unwrap_or(false),
+            };
+            t.enabled.unwrap_or(true).then_some(c)
+        }
+    });
     if cx.problems.len() > before {
         return None;
     }
@@ -621,6 +634,7 @@ fn peer(
         graceful_restart: p.graceful_restart.unwrap_or(bgp.graceful_restart.enabled),
         enforce_first_as: p.enforce_first_as.unwrap_or(true),
         export,
+        bfd,
     })
 }
 

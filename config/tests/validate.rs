@@ -395,3 +395,46 @@ fn unsafe_names_and_socket_paths_are_refused() {
         vec!["p.yaml:5:20: control.socket is empty"]
     );
 }
+
+#[test]
+fn bfd_example_is_accepted_as_written_and_checked() {
+    use petrel_config::BfdConfig;
+    let peer = |bfd: &str| {
+        format!("{HEAD}peers:\n  - name: tor\n    address: 192.0.2.1\n    asn: 65001\n    {bfd}\n")
+    };
+    // The form, as written.
+    let cfg = parse_str(
+        &peer("bfd: { enabled: true, min_rx: 300, min_tx: 300, multiplier: 3, strict: false }"),
+        "p.yaml",
+        None,
+    )
+    .unwrap();
+    assert_eq!(cfg.peers[0].bfd, Some(BfdConfig::default()));
+    let cfg = parse_str(&peer("bfd: true"), "p.yaml", None).unwrap();
+    assert_eq!(cfg.peers[0].bfd, Some(BfdConfig::default()));
+    let cfg = parse_str(&peer("bfd: false"), "p.yaml", None).unwrap();
+    assert_eq!(cfg.peers[0].bfd, None);
+    let cfg = parse_str(
+        &peer("bfd: { enabled: false, min_rx: 100 }"),
+        "p.yaml",
+        None,
+    )
+    .unwrap();
+    assert_eq!(cfg.peers[0].bfd, None);
+    let cfg = parse_str(&peer("bfd: { min_rx: 100, strict: true }"), "p.yaml", None).unwrap();
+    assert_eq!(
+        cfg.peers[0].bfd,
+        Some(BfdConfig {
+            min_rx: 100,
+            strict: true,
+            ..BfdConfig::default()
+        })
+    );
+    assert_eq!(
+        problems(&peer("bfd: { min_rx: 5, multiplier: 0 }")),
+        vec![
+            "p.yaml:9:20: bfd min_rx (ms) 5 out of range (10..=60000)",
+            "p.yaml:9:35: bfd multiplier 0 out of range (1..=255)",
+        ]
+    );
+}

@@ -103,6 +103,30 @@ pub struct PeerView {
     pub updates_out: u64,
     /// Times the session reached Established.
     pub established_count: u64,
+    /// The BFD session of this peer, when BFD is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BfdView>,
+}
+
+/// A peer's BFD session as status shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BfdView {
+    /// AdminDown, Down, Init, Up.
+    pub state: String,
+    pub local_address: IpAddr,
+    pub local_discriminator: u32,
+    pub remote_discriminator: u32,
+    /// Negotiated intervals, milliseconds (fractions dropped).
+    pub tx_ms: u64,
+    pub rx_ms: u64,
+    pub detection_ms: u64,
+    /// The peer's C bit: its forwarding survives a restart of its control plane.
+    pub remote_control_plane_independent: bool,
+    /// Times the session left Up, and why it last did.
+    pub flaps: u64,
+    pub last_down: Option<String>,
+    /// Packets refused (wrong discriminator, TTL, authentication).
+    pub discarded: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -261,3 +261,181 @@ fn bfd_over_ipv6_with_frr() {
         s.tx_us == 300_000 && s.detection_us == 900_000
     });
 }
+
+/// FRR (bgpd with `neighbor X bfd`, bfdd) and Petrel with `bfd:` on the session.
+fn agent_and_frr(
+    label: &str,
+    bfd: &str,
+) -> (
+    TestDir,
+    Netns,
+    Netns,
+    String,
+    Frr,
+    petrel_tests::petrel::Petrel,
+) {
+    let dir = TestDir::new(label);
+    let r = Netns::new("r");
+    let n = Netns::new("n");
+    let (ri, _) = link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    let mut frr = Frr::start(
+        &r,
+        &dir,
+        "frr",
+        "frr defaults traditional\nhostname r\nrouter bgp 65001\n bgp router-id 198.51.100.1\n no bgp ebgp-requires-policy\n no bgp network import-check\n bgp graceful-restart-disable\n timers bgp 3 9\n neighbor 198.51.100.2 remote-as 65002\n neighbor 198.51.100.2 timers connect 1\n neighbor 198.51.100.2 bfd\n address-family ipv4 unicast\n  network 198.18.0.0/16\n exit-address-family\n!\n",
+    );
+    frr.start_bfdd(&r, "bfd\n!\n");
+    let yaml = format!(
+        "node: {{ asn: 65002, router_id: 198.51.100.2, pod_cidrs: [10.244.2.0/24] }}\npeers:\n  - name: tor\n    address: 198.51.100.1\n    asn: 65001\n    hold_time: 9\n    connect_retry: 1\n    import: {{ prefixes: [{{ prefix: 0.0.0.0/0, le: 32 }}] }}\n    {bfd}\nbgp: {{ graceful_restart: {{ enabled: false }} }}\n"
+    );
+    let p = petrel_tests::petrel::Petrel::start(&n, &dir, "petrel", &yaml);
+    (dir, r, n, ri, frr, p)
+}
+
+fn bfd_state(p: &petrel_tests::petrel::Petrel) -> String {
+    p.peer("tor")["bfd"]["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn bfd_down_ends_the_bgp_session_at_once_and_it_comes_back() {
+    let (_dir, r, n, ri, frr, p) = agent_and_frr(
+        "bfd-bgp",
+        "bfd: { enabled: true, min_rx: 300, min_tx: 300, multiplier: 3, strict: false }",
+    );
+    p.wait_established("tor", T);
+    petrel_tests::wait_gateways(&n, "198.18.0.0/16", &["198.51.100.1"], T);
+    wait_until_or(
+        "BFD Up in petrel status",
+        T,
+        || (bfd_state(&p) == "Up").then_some(()),
+        || p.peer("tor").to_string(),
+    );
+    wait_until_or(
+        "FRR's bgpd sees BFD up",
+        T,
+        || {
+            frr.try_vtysh("show bfd peers")
+                .filter(|o| o.contains("Status: up"))
+                .map(|_| ())
+        },
+        || frr.vtysh("show bfd peers"),
+    );
+    let b = &p.peer("tor")["bfd"];
+    assert_eq!(
+        (b["tx_ms"].as_u64(), b["detection_ms"].as_u64()),
+        (Some(300), Some(900)),
+        "{b}"
+    );
+
+    // The link goes silent. With a hold time of 9 s BGP alone would take that long.
+    let drop_rules = [
+        format!("iptables -A INPUT -i {ri} -j DROP"),
+        format!("iptables -A OUTPUT -o {ri} -j DROP"),
+    ];
+    for rule in &drop_rules {
+        r.sh_ok(rule);
+    }
+    let silent = Instant::now();
+    wait_until_or(
+        "the learned route out of the kernel",
+        T,
+        || {
+            petrel_tests::kernel_route(&n, "198.18.0.0/16")
+                .is_none()
+                .then_some(())
+        },
+        || p.peer("tor").to_string(),
+    );
+    let took = silent.elapsed();
+    eprintln!("route removed {took:?} after the link went silent (hold time 9 s)");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let peer = p.peer("tor");
+    assert_ne!(peer["state"], "Established", "{peer}");
+    assert_eq!(peer["last_error"], "sent Cease: BFD Down (6/10)", "{peer}");
+    assert_eq!(peer["bfd"]["flaps"], 1, "{peer}");
+    assert_eq!(
+        peer["bfd"]["last_down"], "control detection time expired",
+        "{peer}"
+    );
+
+    for rule in &drop_rules {
+        r.sh_ok(&rule.replace(" -A ", " -D "));
+    }
+    p.wait_established("tor", T);
+    petrel_tests::wait_gateways(&n, "198.18.0.0/16", &["198.51.100.1"], T);
+    wait_until_or(
+        "BFD Up again",
+        T,
+        || (bfd_state(&p) == "Up").then_some(()),
+        || p.peer("tor").to_string(),
+    );
+}
+
+#[test]
+fn strict_bfd_holds_the_session_until_bfd_is_up() {
+    let (_dir, r, _n, ri, frr, p) = agent_and_frr(
+        "bfd-strict",
+        "bfd: { enabled: true, min_rx: 300, min_tx: 300, multiplier: 3, strict: true }",
+    );
+    // BFD's packets dropped from the start (BGP's TCP would pass): the session stays Idle.
+    let rule = format!("iptables -A INPUT -i {ri} -p udp --dport 3784 -j DROP");
+    r.sh_ok(&rule);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        let peer = p.peer("tor");
+        assert_eq!(peer["state"], "Idle", "{peer}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(frr.state("198.51.100.2") != "Established");
+    r.sh_ok(&rule.replace(" -A ", " -D "));
+    p.wait_established("tor", T);
+    assert_eq!(bfd_state(&p), "Up");
+}
+
+#[test]
+fn a_peer_that_stops_answering_bfd_while_tcp_is_healthy_is_torn_down_with_cease_10() {
+    let (_dir, r, n, ri, frr, p) = agent_and_frr("bfd-cease", "bfd: true");
+    p.wait_established("tor", T);
+    wait_until_or(
+        "BFD Up",
+        T,
+        || (bfd_state(&p) == "Up").then_some(()),
+        || p.peer("tor").to_string(),
+    );
+    let established_before = p.peer("tor")["established_count"].as_u64().unwrap();
+    // FRR's BFD packets stop reaching us; BGP's TCP still flows both ways.
+    let rule = format!("iptables -A OUTPUT -o {ri} -p udp --dport 3784 -j DROP");
+    r.sh_ok(&rule);
+    let silent = Instant::now();
+    wait_until_or(
+        "the session torn down",
+        T,
+        || {
+            (p.peer("tor")["established_count"].as_u64() != Some(established_before)
+                || p.peer("tor")["state"] != "Established")
+                .then_some(())
+        },
+        || p.peer("tor").to_string(),
+    );
+    let took = silent.elapsed();
+    eprintln!("session torn down {took:?} after BFD went quiet");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let peer = p.peer("tor");
+    assert_eq!(peer["last_error"], "sent Cease: BFD Down (6/10)", "{peer}");
+    let reason = frr.neighbor("198.51.100.2")["lastResetDueTo"].to_string();
+    assert!(reason.contains("Notification received"), "FRR: {reason}");
+    // BGP itself is healthy: without strict, the session comes back at once, and BFD with
+    // it once its packets pass again.
+    r.sh_ok(&rule.replace(" -A ", " -D "));
+    p.wait_established("tor", T);
+    petrel_tests::wait_gateways(&n, "198.18.0.0/16", &["198.51.100.1"], T);
+    wait_until_or(
+        "BFD Up again",
+        T,
+        || (bfd_state(&p) == "Up").then_some(()),
+        || p.peer("tor").to_string(),
+    );
+}

@@ -309,6 +309,23 @@ impl Manager {
             SpeakerCmd::NodeAddresses(addresses) => {
                 self.rib(RibEvent::NodeAddresses { addresses }).await;
             }
+            SpeakerCmd::Liveness {
+                peer,
+                up,
+                control_plane_independent,
+            } => {
+                // The peer task never waits on the manager: awaiting room in its queue is
+                // safe.
+                if let Some(h) = self.peers.get(&peer) {
+                    let _ = h
+                        .cmd
+                        .send(PeerCmd::Liveness {
+                            up,
+                            control_plane_independent,
+                        })
+                        .await;
+                }
+            }
             SpeakerCmd::Shutdown { graceful, done } => {
                 let mut waits = Vec::new();
                 for (_, h) in self.peers.drain() {

@@ -96,6 +96,9 @@ pub struct PeerConfig {
     /// Withdraw an eBGP peer's routes whose AS path does not start with its AS (RFC 4271
     /// 6.3); off for route servers.
     pub enforce_first_as: bool,
+    /// A liveness detector (BFD) watches this session: hold it in Idle until the detector
+    /// reports Up through [`Speaker::set_liveness`] (RFC 9384 "strict" mode).
+    pub liveness_required: bool,
 }
 
 impl std::fmt::Debug for PeerConfig {
@@ -128,6 +131,7 @@ impl PeerConfig {
             keepalive: 30,
             connect_retry: 5,
             connect_retry_max: 60,
+            liveness_required: false,
             md5_key: None,
             multihop: None,
             gtsm: false,
@@ -330,6 +334,28 @@ impl Speaker {
     pub async fn set_node_addresses(&self, addresses: Vec<IpNet>) -> Result<(), Error> {
         self.tx
             .send(SpeakerCmd::NodeAddresses(addresses))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// What a liveness detector (BFD) says of the path to peer `name` (RFC 5882). Down on
+    /// an Established session ends it at once with Cease subcode 10, "BFD Down" (RFC 9384),
+    /// and its routes leave the table, unless the session negotiated graceful restart and the
+    /// peer's forwarding is independent of its control plane (`control_plane_independent`,
+    /// the BFD C bit): then graceful restart decides. A session with `liveness_required`
+    /// waits in Idle while the detector is not Up.
+    pub async fn set_liveness(
+        &self,
+        name: &str,
+        up: bool,
+        control_plane_independent: bool,
+    ) -> Result<(), Error> {
+        self.tx
+            .send(SpeakerCmd::Liveness {
+                peer: name.to_string(),
+                up,
+                control_plane_independent,
+            })
             .await
             .map_err(|_| Error::Stopped)
     }

@@ -60,6 +60,12 @@ pub(crate) enum SpeakerCmd {
         done: oneshot::Sender<()>,
     },
     NodeAddresses(Vec<IpNet>),
+    /// A liveness detector's verdict on the path to a peer (forwarded to its task).
+    Liveness {
+        peer: String,
+        up: bool,
+        control_plane_independent: bool,
+    },
 }
 
 /// One of the node's own routes, as a route source gives it.
@@ -103,6 +109,11 @@ pub(crate) enum PeerCmd {
     ConnectResult {
         generation: u64,
         result: std::io::Result<TcpStream>,
+    },
+    /// From the manager: what BFD says of the path to the peer.
+    Liveness {
+        up: bool,
+        control_plane_independent: bool,
     },
 }
 

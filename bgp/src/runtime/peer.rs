@@ -61,6 +61,10 @@ pub(crate) struct PeerTask {
     last_error: Option<String>,
     eor_at: Vec<(Afi, f64)>,
     established: u64,
+    /// The liveness detector's last verdict (BFD); `None` until it has spoken.
+    live: Option<bool>,
+    /// A Start held back until the detector says Up (`liveness_required`).
+    start_deferred: bool,
 }
 
 impl PeerTask {
@@ -105,6 +109,8 @@ impl PeerTask {
             last_error: None,
             eor_at: Vec::new(),
             established: 0,
+            live: None,
+            start_deferred: false,
         };
         let span = tracing::info_span!("peer", peer = %cfg.name, remote_as = cfg.remote_asn, addr = %cfg.address);
         let handle = tokio::spawn(tracing::Instrument::instrument(task.run(rx, conn_rx), span));
@@ -210,7 +216,18 @@ impl PeerTask {
     /// Handle a command; returns the reply channel when the task must end.
     fn command(&mut self, cmd: PeerCmd) -> Option<oneshot::Sender<()>> {
         match cmd {
-            PeerCmd::Start => self.input(Input::Start),
+            PeerCmd::Start => {
+                if self.cfg.liveness_required && self.live != Some(true) {
+                    info!("waiting for BFD to come up before starting the session");
+                    self.start_deferred = true;
+                } else {
+                    self.input(Input::Start);
+                }
+            }
+            PeerCmd::Liveness {
+                up,
+                control_plane_independent,
+            } => self.liveness(up, control_plane_independent),
             PeerCmd::Stop {
                 notification,
                 graceful,
@@ -268,6 +285,43 @@ impl PeerTask {
             self.queue.clone(),
             self.shared.counters.clone(),
         )
+    }
+
+    /// RFC 5882 section 4.3 and RFC 9384: BFD's verdict on the path to the peer.
+    fn liveness(&mut self, up: bool, cpi: bool) {
+        let was = self.live.replace(up);
+        if up {
+            if self.start_deferred {
+                self.start_deferred = false;
+                info!("BFD up: starting the session");
+                self.input(Input::Start);
+            }
+            return;
+        }
+        if was == Some(false) {
+            return;
+        }
+        if let Some(n) = &self.negotiated {
+            if cpi && !n.gr_families().is_empty() {
+                // The peer's forwarding survives its control plane: a restart of the peer
+                // is graceful restart's business, not a failure (RFC 5882 section 4.3.2).
+                info!(
+                    "BFD down, but the peer's forwarding is control-plane independent and the session has graceful restart: left to graceful restart"
+                );
+                return;
+            }
+            warn!("BFD down: ending the session (Cease, BFD Down)");
+            self.last_error = Some("BFD down".to_string());
+            self.input(Input::Error(NotificationMsg::cease(codes::cease::BFD_DOWN)));
+        }
+        if self.cfg.liveness_required {
+            // Hold in Idle until BFD is back.
+            self.input(Input::Stop {
+                notification: None,
+                graceful: false,
+            });
+            self.start_deferred = true;
+        }
     }
 
     fn max_prefix(&mut self, limit: u32) {

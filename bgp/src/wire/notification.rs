@@ -59,6 +59,8 @@ pub mod codes {
         pub const CONNECTION_COLLISION: u8 = 7;
         pub const OUT_OF_RESOURCES: u8 = 8;
         pub const HARD_RESET: u8 = 9;
+        /// RFC 9384: a BFD session the BGP session depends on went Down.
+        pub const BFD_DOWN: u8 = 10;
     }
     pub mod route_refresh {
         pub const INVALID_MESSAGE_LENGTH: u8 = 1;
@@ -164,6 +166,7 @@ impl NotificationMsg {
             (CEASE, 7) => "Connection Collision Resolution",
             (CEASE, 8) => "Out of Resources",
             (CEASE, 9) => "Hard Reset",
+            (CEASE, 10) => "BFD Down",
             (ROUTE_REFRESH, 1) => "Invalid Message Length",
             _ => "",
         };
