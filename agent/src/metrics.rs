@@ -90,6 +90,12 @@ pub fn render(st: &AgentStatus, m: &Metrics) -> String {
     let flaps = Family::<PeerLabels, Counter>::default();
     let adv_src = Family::<SourceLabels, Gauge>::default();
     let refused = Family::<ReasonLabels, Gauge>::default();
+    let bfd_up = Family::<PeerLabels, Gauge>::default();
+    let bfd_flaps = Family::<PeerLabels, Counter>::default();
+    let bfd_tx = Family::<PeerLabels, Gauge>::default();
+    let bfd_rx = Family::<PeerLabels, Gauge>::default();
+    let bfd_detect = Family::<PeerLabels, Gauge>::default();
+    let bfd_discarded = Family::<PeerLabels, Counter>::default();
     for p in &st.peers {
         let b = &p.prefixes.advertised_by_source;
         for (source, n) in [
@@ -135,7 +141,37 @@ pub fn render(st: &AgentStatus, m: &Metrics) -> String {
         msg_in.get_or_create(&l).inc_by(p.messages_in);
         msg_out.get_or_create(&l).inc_by(p.messages_out);
         flaps.get_or_create(&l).inc_by(p.established_count);
+        if let Some(b) = &p.bfd {
+            bfd_up.get_or_create(&l).set((b.state == "Up") as i64);
+            bfd_flaps.get_or_create(&l).inc_by(b.flaps);
+            bfd_tx.get_or_create(&l).set(b.tx_ms as i64);
+            bfd_rx.get_or_create(&l).set(b.rx_ms as i64);
+            bfd_detect.get_or_create(&l).set(b.detection_ms as i64);
+            bfd_discarded.get_or_create(&l).inc_by(b.discarded);
+        }
     }
+    reg.register("peer_bfd_up", "1 when the peer's BFD session is Up", bfd_up);
+    reg.register("peer_bfd_flaps", "Times the BFD session left Up", bfd_flaps);
+    reg.register(
+        "peer_bfd_tx_milliseconds",
+        "Negotiated BFD transmit interval",
+        bfd_tx,
+    );
+    reg.register(
+        "peer_bfd_rx_milliseconds",
+        "Negotiated interval of the peer's BFD packets",
+        bfd_rx,
+    );
+    reg.register(
+        "peer_bfd_detection_milliseconds",
+        "BFD detection time",
+        bfd_detect,
+    );
+    reg.register(
+        "peer_bfd_discarded",
+        "BFD packets refused (discriminator, TTL, authentication)",
+        bfd_discarded,
+    );
     reg.register("peer_up", "1 when the session is Established", up);
     reg.register(
         "peer_state",

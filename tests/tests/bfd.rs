@@ -286,7 +286,7 @@ fn agent_and_frr(
     );
     frr.start_bfdd(&r, "bfd\n!\n");
     let yaml = format!(
-        "node: {{ asn: 65002, router_id: 198.51.100.2, pod_cidrs: [10.244.2.0/24] }}\npeers:\n  - name: tor\n    address: 198.51.100.1\n    asn: 65001\n    hold_time: 9\n    connect_retry: 1\n    import: {{ prefixes: [{{ prefix: 0.0.0.0/0, le: 32 }}] }}\n    {bfd}\nbgp: {{ graceful_restart: {{ enabled: false }} }}\n"
+        "node: {{ asn: 65002, router_id: 198.51.100.2, pod_cidrs: [10.244.2.0/24] }}\npeers:\n  - name: tor\n    address: 198.51.100.1\n    asn: 65001\n    hold_time: 9\n    connect_retry: 1\n    import: {{ prefixes: [{{ prefix: 0.0.0.0/0, le: 32 }}] }}\n    {bfd}\nbgp: {{ graceful_restart: {{ enabled: false }} }}\nmetrics: {{ address: \"127.0.0.1:9179\" }}\n"
     );
     let p = petrel_tests::petrel::Petrel::start(&n, &dir, "petrel", &yaml);
     (dir, r, n, ri, frr, p)
