@@ -439,3 +439,76 @@ fn a_peer_that_stops_answering_bfd_while_tcp_is_healthy_is_torn_down_with_cease_
         || p.peer("tor").to_string(),
     );
 }
+
+/// Petrel restarts with graceful restart and BFD on; FRR trusts the C bit
+/// (`check-control-plane-failure`): the BFD session going silent with the agent must not
+/// make FRR drop the node's routes; they stay (stale) until Petrel is back.
+#[test]
+fn petrel_restart_with_bfd_keeps_its_routes_at_frr() {
+    let dir = TestDir::new("bfd-gr-frr");
+    let r = Netns::new("r");
+    let n = Netns::new("n");
+    link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    let mut frr = Frr::start(
+        &r,
+        &dir,
+        "frr",
+        "frr defaults traditional\nhostname r\nrouter bgp 65001\n bgp router-id 198.51.100.1\n no bgp ebgp-requires-policy\n bgp graceful-restart\n timers bgp 3 9\n neighbor 198.51.100.2 remote-as 65002\n neighbor 198.51.100.2 timers connect 1\n neighbor 198.51.100.2 bfd\n neighbor 198.51.100.2 bfd check-control-plane-failure\n!\n",
+    );
+    frr.start_bfdd(&r, "bfd\n!\n");
+    let yaml = "node: { asn: 65002, router_id: 198.51.100.2, pod_cidrs: [10.244.2.0/24] }\npeers:\n  - { name: tor, address: 198.51.100.1, asn: 65001, hold_time: 9, connect_retry: 1, connect_retry_max: 2, bfd: true }\nbgp:\n  graceful_restart: { restart_time: 60 }\n";
+    let mut p = petrel_tests::petrel::Petrel::start(&n, &dir, "petrel", yaml);
+    p.wait_established("tor", T);
+    let has = |f: &Frr| {
+        f.try_vtysh("show bgp ipv4 unicast 10.244.2.0/24 json")
+            .and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok())
+            .is_some_and(|v| v["paths"].as_array().is_some_and(|a| !a.is_empty()))
+    };
+    wait_until_or(
+        "FRR has the pod CIDR",
+        T,
+        || has(&frr).then_some(()),
+        || frr.vtysh("show bgp ipv4 unicast"),
+    );
+    wait_until_or(
+        "BFD up on both sides",
+        T,
+        || {
+            (bfd_state(&p) == "Up"
+                && frr
+                    .try_vtysh("show bfd peers")
+                    .is_some_and(|o| o.contains("Status: up")))
+            .then_some(())
+        },
+        || frr.vtysh("show bfd peers"),
+    );
+    assert_eq!(p.peer("tor")["graceful_restart"], true);
+    let st = p.daemon.stop(Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+    // Well past BFD's detection time (0.9 s): still there.
+    let down = Instant::now();
+    let mut polls = 0;
+    while down.elapsed() < Duration::from_secs(3) {
+        assert!(
+            has(&frr),
+            "FRR dropped the node's route {:?} after the agent stopped",
+            down.elapsed()
+        );
+        polls += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(polls > 10);
+    assert!(
+        !frr.vtysh("show bfd peers").contains("Status: up"),
+        "FRR's BFD session went down with the agent"
+    );
+    p.restart(&n, &dir);
+    p.wait_established("tor", T);
+    assert!(has(&frr));
+    wait_until_or(
+        "BFD Up again",
+        T,
+        || (bfd_state(&p) == "Up").then_some(()),
+        || p.peer("tor").to_string(),
+    );
+}

@@ -13,14 +13,28 @@ use petrel_tests::{router_and_node, wait_until_or};
 const T: Duration = Duration::from_secs(30);
 
 fn bird_conf() -> String {
+    bird_conf_with(false)
+}
+
+/// With `bfd`: a BFD session beside BGP, and `bfd graceful` (BFD Down starts graceful
+/// restart instead of a hard reset).
+fn bird_conf_with(bfd: bool) -> String {
+    let (proto, opt) = if bfd {
+        (
+            "protocol bfd { interface \"*\" { min rx interval 300 ms; min tx interval 300 ms; multiplier 3; }; }\n",
+            "bfd graceful;",
+        )
+    } else {
+        ("", "")
+    };
     format!(
         r#"
 router id 198.51.100.1;
 protocol device {{}}
-protocol static s4 {{ ipv4; route 203.0.113.0/24 blackhole; }}
+{proto}protocol static s4 {{ ipv4; route 203.0.113.0/24 blackhole; }}
 protocol bgp petrel {{
   local 198.51.100.1 as 65001; neighbor 198.51.100.2 as 65002;
-  hold time 3; graceful restart on; graceful restart time 60; {fast}
+  hold time 3; graceful restart on; graceful restart time 60; {fast} {opt}
   ipv4 {{ import all; export all; }};
 }}
 "#,
@@ -29,8 +43,12 @@ protocol bgp petrel {{
 }
 
 fn petrel_yaml(cidrs: &str) -> String {
+    petrel_yaml_with(cidrs, "")
+}
+
+fn petrel_yaml_with(cidrs: &str, extra: &str) -> String {
     format!(
-        "node: {{ asn: 65002, router_id: 198.51.100.2, pod_cidrs: [{cidrs}] }}\npeers:\n  - {{ name: tor, address: 198.51.100.1, asn: 65001, hold_time: 3, connect_retry: 1, connect_retry_max: 2, import: {{ prefixes: [{{ prefix: 0.0.0.0/0, le: 32 }}] }} }}\nbgp:\n  graceful_restart: {{ restart_time: 60 }}\n"
+        "node: {{ asn: 65002, router_id: 198.51.100.2, pod_cidrs: [{cidrs}] }}\npeers:\n  - {{ name: tor, address: 198.51.100.1, asn: 65001, hold_time: 3, connect_retry: 1, connect_retry_max: 2, import: {{ prefixes: [{{ prefix: 0.0.0.0/0, le: 32 }}] }}{extra} }}\nbgp:\n  graceful_restart: {{ restart_time: 60 }}\n"
     )
 }
 
@@ -103,15 +121,42 @@ fn fib_has(ns: &str, prefix: &str) -> bool {
 
 #[test]
 fn petrel_restart_keeps_routes_at_bird_until_end_of_rib() {
-    let (dir, r, n) = router_and_node("gr-petrel");
-    let b = Bird::start(&r, &dir, "bird", &bird_conf());
+    petrel_restart_keeps_routes_at_bird("gr-petrel", false);
+}
+
+/// The same with BFD on both sides and BIRD's `bfd graceful`: the agent's exit silences
+/// BFD, and that must start graceful restart at the router, not flush the node's routes.
+#[test]
+fn petrel_restart_with_bfd_keeps_routes_at_bird() {
+    petrel_restart_keeps_routes_at_bird("gr-bfd", true);
+}
+
+fn petrel_restart_keeps_routes_at_bird(label: &str, bfd: bool) {
+    let (dir, r, n) = router_and_node(label);
+    if bfd {
+        r.sysctl("net.ipv4.ip_local_port_range", "49152 65535");
+    }
+    let b = Bird::start(&r, &dir, "bird", &bird_conf_with(bfd));
+    let extra = if bfd { ", bfd: true" } else { "" };
     let mut p = Petrel::start(
         &n,
         &dir,
         "petrel",
-        &petrel_yaml("10.244.2.0/24, 10.244.5.0/24"),
+        &petrel_yaml_with("10.244.2.0/24, 10.244.5.0/24", extra),
     );
     b.wait_established("petrel", T);
+    if bfd {
+        wait_until_or(
+            "BFD Up at BIRD and at petrel",
+            T,
+            || {
+                (b.birdc("show bfd sessions").contains("Up")
+                    && p.peer("tor")["bfd"]["state"] == "Up")
+                    .then_some(())
+            },
+            || b.birdc("show bfd sessions"),
+        );
+    }
     wait_until_or(
         "BIRD holds both pod CIDRs",
         T,
@@ -152,8 +197,22 @@ fn petrel_restart_keeps_routes_at_bird_until_end_of_rib() {
     assert!(b.has_route("10.244.2.0/24"), "kept while the node is down");
     assert!(b.has_route("10.244.5.0/24"), "kept while the node is down");
 
+    if bfd {
+        // Let BFD notice: BIRD's session goes down, and the routes must still be there.
+        wait_until_or(
+            "BIRD's BFD session down",
+            T,
+            || (!b.birdc("show bfd sessions").contains("Up")).then_some(()),
+            || b.birdc("show bfd sessions"),
+        );
+        assert!(b.has_route("10.244.2.0/24"), "kept after BFD went down");
+    }
     // Come back with one CIDR changed: 10.244.5.0/24 gone, 10.244.6.0/24 new.
-    std::fs::write(&p.config, petrel_yaml("10.244.2.0/24, 10.244.6.0/24")).unwrap();
+    std::fs::write(
+        &p.config,
+        petrel_yaml_with("10.244.2.0/24, 10.244.6.0/24", extra),
+    )
+    .unwrap();
     p.restart(&n, &dir);
     p.wait_established("tor", T);
     let up_at = Instant::now();
@@ -187,6 +246,18 @@ fn petrel_restart_keeps_routes_at_bird_until_end_of_rib() {
         miss_f, 0,
         "the node's FIB lost BIRD's route during the restart"
     );
+    if bfd {
+        wait_until_or(
+            "BFD Up again after the restart",
+            T,
+            || {
+                (b.birdc("show bfd sessions").contains("Up")
+                    && p.peer("tor")["bfd"]["state"] == "Up")
+                    .then_some(())
+            },
+            || b.birdc("show bfd sessions"),
+        );
+    }
     drop((p, b));
 }
 
