@@ -104,7 +104,8 @@ impl Bfd {
     }
 
     /// Make the running sessions those of `peers`: new ones start, removed ones stop
-    /// (AdminDown sent), changed ones restart.
+    /// (AdminDown sent), new intervals are renegotiated in place, a new address restarts
+    /// the session.
     pub async fn apply(&self, peers: &[PeerConfig], speaker: &Speaker) {
         let mut running = self.running.lock().await;
         let mut wanted: HashMap<String, (Key, BfdConfig)> = HashMap::new();
@@ -126,8 +127,17 @@ impl Bfd {
         }
         let names: Vec<String> = running.keys().cloned().collect();
         for name in names {
-            let keep = match (running.get(&name), wanted.get(&name)) {
-                (Some(r), Some((k, c))) => r.key == *k && r.cfg == *c,
+            let keep = match (running.get_mut(&name), wanted.get(&name)) {
+                (Some(r), Some((k, c))) if r.key == *k => {
+                    if r.cfg != *c {
+                        // New intervals or multiplier: renegotiated by a Poll Sequence
+                        // (RFC 5880 6.8.3), no flap.
+                        info!(peer = %name, min_rx = c.min_rx, min_tx = c.min_tx, multiplier = c.multiplier, "BFD settings changed");
+                        self.handle.reconfigure(r.key, session_config(c)).await;
+                        r.cfg = *c;
+                    }
+                    true
+                }
                 _ => false,
             };
             if !keep && let Some(r) = running.remove(&name) {

@@ -512,3 +512,37 @@ fn petrel_restart_with_bfd_keeps_its_routes_at_frr() {
         || p.peer("tor").to_string(),
     );
 }
+
+#[test]
+fn a_reload_with_new_bfd_intervals_renegotiates_without_a_flap() {
+    let (_dir, _r, _n, _ri, frr, p) = agent_and_frr("bfd-reload", "bfd: { min_rx: 300 }");
+    p.wait_established("tor", T);
+    wait_until_or(
+        "BFD Up",
+        T,
+        || (bfd_state(&p) == "Up").then_some(()),
+        || p.peer("tor").to_string(),
+    );
+    let yaml = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(
+        &p.config,
+        yaml.replace("bfd: { min_rx: 300 }", "bfd: { min_rx: 600 }"),
+    )
+    .unwrap();
+    p.daemon.hup();
+    // FRR now sends every 600 ms, and we wait 3 x 600 ms.
+    wait_until_or(
+        "the new receive interval in force",
+        T,
+        || {
+            let b = p.peer("tor")["bfd"].clone();
+            (b["rx_ms"] == 600 && b["detection_ms"] == 1800).then_some(())
+        },
+        || p.peer("tor").to_string(),
+    );
+    let peer = p.peer("tor");
+    assert_eq!(peer["bfd"]["flaps"], 0, "{peer}");
+    assert_eq!(peer["bfd"]["state"], "Up", "{peer}");
+    assert_eq!(peer["state"], "Established", "{peer}");
+    assert!(frr.vtysh("show bfd peers").contains("Status: up"));
+}
