@@ -546,3 +546,99 @@ fn a_reload_with_new_bfd_intervals_renegotiates_without_a_flap() {
     assert_eq!(peer["state"], "Established", "{peer}");
     assert!(frr.vtysh("show bfd peers").contains("Status: up"));
 }
+
+#[test]
+fn multihop_bfd_with_frr() {
+    let dir = TestDir::new("bfd-mh");
+    let r = Netns::new("r");
+    let n = Netns::new("n");
+    link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    let mut frr = Frr::start(&r, &dir, "frr", "frr defaults traditional\nhostname r\n!\n");
+    frr.start_bfdd(
+        &r,
+        "bfd\n peer 198.51.100.2 multihop local-address 198.51.100.1\n  receive-interval 300\n  transmit-interval 300\n !\n!\n",
+    );
+    let ours = Ours::start(
+        &n,
+        Key {
+            local: "198.51.100.2".parse().unwrap(),
+            remote: "198.51.100.1".parse().unwrap(),
+            multihop: true,
+        },
+        Config::default(),
+    );
+    ours.wait("our multihop session Up", |s| s.state == State::Up);
+    wait_until_or(
+        "FRR sees the multihop session up",
+        T,
+        || {
+            frr.try_vtysh("show bfd peers")
+                .filter(|o| o.contains("multihop") && o.contains("Status: up"))
+                .map(|_| ())
+        },
+        || frr.vtysh("show bfd peers"),
+    );
+    ours.wait("300 ms both ways", |s| {
+        s.tx_us == 300_000 && s.detection_us == 900_000
+    });
+}
+
+/// Five minutes at 300 ms x 3 beside two busy loops (one per core here): no false Down on
+/// either side. Not in the default run, it takes five minutes (BFD_SOAK_SECS to change):
+/// `cargo nextest run -p petrel-tests --test bfd --run-ignored only`.
+#[test]
+#[ignore]
+fn five_minutes_beside_two_busy_loops_without_a_false_down() {
+    let secs: u64 = std::env::var("BFD_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let dir = TestDir::new("bfd-soak");
+    let r = Netns::new("r");
+    let n = Netns::new("n");
+    link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    let mut frr = Frr::start(&r, &dir, "frr", "frr defaults traditional\nhostname r\n!\n");
+    frr.start_bfdd(
+        &r,
+        "bfd\n peer 198.51.100.2\n  receive-interval 300\n  transmit-interval 300\n  detect-multiplier 3\n !\n!\n",
+    );
+    let ours = Ours::start(
+        &n,
+        Key {
+            local: "198.51.100.2".parse().unwrap(),
+            remote: "198.51.100.1".parse().unwrap(),
+            multihop: false,
+        },
+        Config::default(),
+    );
+    ours.wait("300 ms both ways", |s| {
+        s.state == State::Up && s.detection_us == 900_000
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    std::hint::black_box(x);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(secs));
+    stop.store(true, Ordering::Relaxed);
+    for s in spinners {
+        let _ = s.join();
+    }
+    let st = ours.last().unwrap();
+    let counters = frr.vtysh("show bfd peers counters");
+    eprintln!("after {secs} s: ours {st:?}\nFRR:\n{counters}");
+    assert_eq!(st.state, State::Up);
+    assert_eq!(st.flaps, 0, "false Down on our side");
+    assert!(
+        counters.contains("Session down events: 0"),
+        "false Down at FRR:\n{counters}"
+    );
+}
