@@ -51,8 +51,11 @@ pub fn claim(path: &Path) -> anyhow::Result<Claimed> {
 /// our descriptors. The CLI writes its request as it connects, so it is never the oldest.
 const MAX_WAITING: usize = 32;
 
-/// Connections still reading their request, oldest first, by id; dropping the sender
-/// closes the connection.
+/// Connections still reading their request, oldest first, by id. The accept loop holds
+/// each connection's oneshot sender and drops it to evict the connection (its task then
+/// returns, closing it); the task takes itself out of the queue once its request is read.
+/// Neither side ever waits on the other: the queue is a mutex-guarded list, at most
+/// [`MAX_WAITING`] long.
 type Waiting = VecDeque<(u64, oneshot::Sender<()>)>;
 
 /// Requests answered at once; a request over this gets a "busy" error at once.

@@ -206,10 +206,18 @@ fn gateway_of(a: &IpAddr) -> IpAddr {
     }
 }
 
-/// CNI_NETNS must name a network namespace other than the plugin's own: error 4 if not.
-fn fit_for_a_pod(ns: &std::fs::File, path: &str) -> Result<(), CniError> {
-    match netns::unfit_for_a_pod(ns) {
-        None => Ok(()),
+/// Open CNI_NETNS, which must name a network namespace other than the plugin's own:
+/// error 4 if it does not, 3 if it cannot be opened.
+fn open_pod_netns(path: &str) -> Result<std::fs::File, CniError> {
+    let ns = std::fs::File::open(path).map_err(|e| {
+        CniError::new(
+            code::UNKNOWN_CONTAINER,
+            "cannot open the pod's network namespace",
+            format!("{path}: {e}"),
+        )
+    })?;
+    match netns::unfit_for_a_pod(&ns) {
+        None => Ok(ns),
         Some(why) => Err(CniError::new(
             code::INVALID_ENV,
             format!("CNI_NETNS is {why}"),
@@ -224,14 +232,7 @@ pub fn add(env: &Env, conf: &Conf, raw: &[u8], version: &str) -> Result<Value, C
     let mut nl = Nl::open().map_err(|e| setup_err("netlink", e))?;
     // The veth first: it is what can collide (an interface name taken in the pod, an
     // attachment that exists already), and nothing else is taken yet when it does.
-    let ns = std::fs::File::open(&env.netns).map_err(|e| {
-        CniError::new(
-            code::UNKNOWN_CONTAINER,
-            "cannot open the pod's network namespace",
-            format!("{}: {e}", env.netns),
-        )
-    })?;
-    fit_for_a_pod(&ns, &env.netns)?;
+    let ns = open_pod_netns(&env.netns)?;
     let mtu = match conf.mtu {
         Some(m) => m,
         None => nl
@@ -502,14 +503,7 @@ pub fn check(env: &Env, conf: &Conf, raw: &[u8], prev: Option<&Value>) -> Result
     })?;
     let prev = CniResult::from_json(prev)?;
     let addrs = pod_addresses(&prev);
-    let ns = std::fs::File::open(&env.netns).map_err(|e| {
-        CniError::new(
-            code::UNKNOWN_CONTAINER,
-            "cannot open the pod's network namespace",
-            format!("{}: {e}", env.netns),
-        )
-    })?;
-    fit_for_a_pod(&ns, &env.netns)?;
+    open_pod_netns(&env.netns)?;
     let host = host_veth_name(&conf.host_veth_prefix, &env.container_id, &env.ifname);
     let mut diffs: Vec<String> = Vec::new();
     let mut nl = Nl::open().map_err(|e| setup_err("netlink", e))?;

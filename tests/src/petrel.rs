@@ -47,24 +47,7 @@ impl Petrel {
         yaml: &str,
         env: &[(&str, &str)],
     ) -> Petrel {
-        let config = dir.write(&format!("{name}.yaml"), yaml);
-        let socket = dir.file(&format!("{name}.sock"));
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Self::launch(
-            ns,
-            dir,
-            name,
-            Launch {
-                config,
-                socket,
-                run: 1,
-                env,
-                wrap: Vec::new(),
-            },
-        )
+        Self::first_run(ns, dir, name, yaml, env, &[])
     }
 
     /// Like [`Petrel::start`], run through a wrapper that execs its command (for example
@@ -76,21 +59,28 @@ impl Petrel {
         yaml: &str,
         wrap: &[&str],
     ) -> Petrel {
-        let config = dir.write(&format!("{name}.yaml"), yaml);
-        let socket = dir.file(&format!("{name}.sock"));
-        let wrap = wrap.iter().map(|s| s.to_string()).collect();
-        Self::launch(
-            ns,
-            dir,
-            name,
-            Launch {
-                config,
-                socket,
-                run: 1,
-                env: Vec::new(),
-                wrap,
-            },
-        )
+        Self::first_run(ns, dir, name, yaml, &[], wrap)
+    }
+
+    fn first_run(
+        ns: &Netns,
+        dir: &TestDir,
+        name: &str,
+        yaml: &str,
+        env: &[(&str, &str)],
+        wrap: &[&str],
+    ) -> Petrel {
+        let l = Launch {
+            config: dir.write(&format!("{name}.yaml"), yaml),
+            socket: dir.file(&format!("{name}.sock")),
+            run: 1,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            wrap: wrap.iter().map(|s| s.to_string()).collect(),
+        };
+        Self::launch(ns, dir, name, l)
     }
 
     fn launch(ns: &Netns, dir: &TestDir, name: &str, l: Launch) -> Petrel {

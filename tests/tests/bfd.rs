@@ -91,37 +91,65 @@ impl Drop for Ours {
     }
 }
 
-#[test]
-fn bfd_with_frr_comes_up_detects_a_silent_link_and_renegotiates() {
-    let dir = TestDir::new("bfd-frr");
+/// Make the link `ifname` of `ns` silent (everything in or out dropped; the interface stays
+/// up, TCP is not closed) or speak again.
+fn silence(ns: &Netns, ifname: &str, on: bool) {
+    let op = if on { "-A" } else { "-D" };
+    ns.sh_ok(&format!("iptables {op} INPUT -i {ifname} -j DROP"));
+    ns.sh_ok(&format!("iptables {op} OUTPUT -o {ifname} -j DROP"));
+}
+
+/// Our single-hop or multihop session from 198.51.100.2 to 198.51.100.1.
+fn v4_key(multihop: bool) -> Key {
+    Key {
+        local: "198.51.100.2".parse().unwrap(),
+        remote: "198.51.100.1".parse().unwrap(),
+        multihop,
+    }
+}
+
+/// A router namespace running FRR's bfdd with `bfd` (its config block) on a link to a node
+/// namespace; the router's interface name.
+fn frr_bfdd(
+    label: &str,
+    r_addr: &str,
+    n_addr: &str,
+    bfd: &str,
+) -> (TestDir, Netns, Netns, String, Frr) {
+    let dir = TestDir::new(label);
     let r = Netns::new("r");
     let n = Netns::new("n");
-    let (ri, _) = link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    let (ri, _) = link(&r, &[r_addr], &n, &[n_addr]);
     let mut frr = Frr::start(&r, &dir, "frr", "frr defaults traditional\nhostname r\n!\n");
-    frr.start_bfdd(
-        &r,
-        "bfd\n peer 198.51.100.2\n  receive-interval 300\n  transmit-interval 300\n  detect-multiplier 3\n !\n!\n",
-    );
-    let ours = Ours::start(
-        &n,
-        Key {
-            local: "198.51.100.2".parse().unwrap(),
-            remote: "198.51.100.1".parse().unwrap(),
-            multihop: false,
-        },
-        Config::default(),
-    );
-    ours.wait("our session Up", |s| s.state == State::Up);
+    frr.start_bfdd(&r, &bfd.replace("{ri}", &ri));
+    (dir, r, n, ri, frr)
+}
+
+/// Wait until FRR's `show bfd peers` has a line saying so (and `also`, if given).
+fn wait_frr_bfd_up(frr: &Frr, also: &str) {
     wait_until_or(
-        "FRR sees the session up",
+        "FRR sees the BFD session up",
         T,
         || {
             frr.try_vtysh("show bfd peers")
-                .filter(|o| o.contains("Status: up"))
+                .filter(|o| o.contains("Status: up") && o.contains(also))
                 .map(|_| ())
         },
         || frr.vtysh("show bfd peers"),
     );
+}
+
+#[test]
+fn bfd_with_frr_comes_up_detects_a_silent_link_and_renegotiates() {
+    let (_dir, r, n, ri, frr) = frr_bfdd(
+        "bfd-frr",
+        "198.51.100.1/24",
+        "198.51.100.2/24",
+        "bfd\n peer 198.51.100.2\n  receive-interval 300\n  transmit-interval 300\n  detect-multiplier 3\n !\n!\n",
+    );
+    let ours = Ours::start(&n, v4_key(false), Config::default());
+    ours.wait("our session Up", |s| s.state == State::Up);
+    wait_frr_bfd_up(&frr, "");
     // Settled on the configured intervals (after the slow-to-fast Poll).
     ours.wait("300 ms both ways, 900 ms detection", |s| {
         s.tx_us == 300_000 && s.rx_us == 300_000 && s.detection_us == 900_000
@@ -131,13 +159,7 @@ fn bfd_with_frr_comes_up_detects_a_silent_link_and_renegotiates() {
 
     // The link goes silent: everything FRR's side receives or sends vanishes; the
     // interface stays up, nothing tells us.
-    let drop_rules = [
-        format!("iptables -A INPUT -i {ri} -j DROP"),
-        format!("iptables -A OUTPUT -o {ri} -j DROP"),
-    ];
-    for rule in &drop_rules {
-        r.sh_ok(rule);
-    }
+    silence(&r, &ri, true);
     let silent = Instant::now();
     let down_at = ours.wait("our session Down", |s| s.state == State::Down);
     let took = down_at.duration_since(silent);
@@ -151,9 +173,7 @@ fn bfd_with_frr_comes_up_detects_a_silent_link_and_renegotiates() {
     assert_eq!(st.last_down, Diag::DetectionTimeExpired);
     assert_eq!(st.flaps, 1);
 
-    for rule in &drop_rules {
-        r.sh_ok(&rule.replace(" -A ", " -D "));
-    }
+    silence(&r, &ri, false);
     ours.wait("Up again", |s| s.state == State::Up);
 
     // FRR asks for packets every 600 ms: we follow by Poll/Final, without a flap.
@@ -178,15 +198,7 @@ fn bfd_with_bird_comes_up_and_detects_a_silent_link() {
         "bird",
         "router id 198.51.100.1;\nprotocol device {}\nprotocol bfd {\n  interface \"*\" { min rx interval 300 ms; min tx interval 300 ms; multiplier 3; };\n  neighbor 198.51.100.2;\n}\n",
     );
-    let ours = Ours::start(
-        &n,
-        Key {
-            local: "198.51.100.2".parse().unwrap(),
-            remote: "198.51.100.1".parse().unwrap(),
-            multihop: false,
-        },
-        Config::default(),
-    );
+    let ours = Ours::start(&n, v4_key(false), Config::default());
     ours.wait("our session Up", |s| s.state == State::Up);
     wait_until_or(
         "BIRD sees the session Up",
@@ -204,13 +216,7 @@ fn bfd_with_bird_comes_up_and_detects_a_silent_link() {
     ours.wait("300 ms both ways", |s| {
         s.tx_us == 300_000 && s.detection_us == 900_000
     });
-    let drop_rules = [
-        format!("iptables -A INPUT -i {ri} -j DROP"),
-        format!("iptables -A OUTPUT -o {ri} -j DROP"),
-    ];
-    for rule in &drop_rules {
-        r.sh_ok(rule);
-    }
+    silence(&r, &ri, true);
     let silent = Instant::now();
     let down_at = ours.wait("our session Down", |s| s.state == State::Down);
     let took = down_at.duration_since(silent);
@@ -220,22 +226,17 @@ fn bfd_with_bird_comes_up_and_detects_a_silent_link() {
         "detected after {took:?}"
     );
     assert_eq!(ours.last().unwrap().last_down, Diag::DetectionTimeExpired);
-    for rule in &drop_rules {
-        r.sh_ok(&rule.replace(" -A ", " -D "));
-    }
+    silence(&r, &ri, false);
     ours.wait("Up again", |s| s.state == State::Up);
 }
 
 #[test]
 fn bfd_over_ipv6_with_frr() {
-    let dir = TestDir::new("bfd-frr6");
-    let r = Netns::new("r");
-    let n = Netns::new("n");
-    let (ri, _) = link(&r, &["2001:db8:5::1/64"], &n, &["2001:db8:5::2/64"]);
-    let mut frr = Frr::start(&r, &dir, "frr", "frr defaults traditional\nhostname r\n!\n");
-    frr.start_bfdd(
-        &r,
-        &format!("bfd\n peer 2001:db8:5::2 interface {ri}\n  receive-interval 300\n  transmit-interval 300\n !\n!\n"),
+    let (_dir, _r, n, _ri, frr) = frr_bfdd(
+        "bfd-frr6",
+        "2001:db8:5::1/64",
+        "2001:db8:5::2/64",
+        "bfd\n peer 2001:db8:5::2 interface {ri}\n  receive-interval 300\n  transmit-interval 300\n !\n!\n",
     );
     let ours = Ours::start(
         &n,
@@ -247,16 +248,7 @@ fn bfd_over_ipv6_with_frr() {
         Config::default(),
     );
     ours.wait("our session Up", |s| s.state == State::Up);
-    wait_until_or(
-        "FRR sees the IPv6 session up",
-        T,
-        || {
-            frr.try_vtysh("show bfd peers")
-                .filter(|o| o.contains("Status: up"))
-                .map(|_| ())
-        },
-        || frr.vtysh("show bfd peers"),
-    );
+    wait_frr_bfd_up(&frr, "");
     ours.wait("300 ms both ways", |s| {
         s.tx_us == 300_000 && s.detection_us == 900_000
     });
@@ -313,16 +305,7 @@ fn bfd_down_ends_the_bgp_session_at_once_and_it_comes_back() {
         || (bfd_state(&p) == "Up").then_some(()),
         || p.peer("tor").to_string(),
     );
-    wait_until_or(
-        "FRR's bgpd sees BFD up",
-        T,
-        || {
-            frr.try_vtysh("show bfd peers")
-                .filter(|o| o.contains("Status: up"))
-                .map(|_| ())
-        },
-        || frr.vtysh("show bfd peers"),
-    );
+    wait_frr_bfd_up(&frr, "");
     let b = &p.peer("tor")["bfd"];
     assert_eq!(
         (b["tx_ms"].as_u64(), b["detection_ms"].as_u64()),
@@ -331,13 +314,7 @@ fn bfd_down_ends_the_bgp_session_at_once_and_it_comes_back() {
     );
 
     // The link goes silent. With a hold time of 9 s BGP alone would take that long.
-    let drop_rules = [
-        format!("iptables -A INPUT -i {ri} -j DROP"),
-        format!("iptables -A OUTPUT -o {ri} -j DROP"),
-    ];
-    for rule in &drop_rules {
-        r.sh_ok(rule);
-    }
+    silence(&r, &ri, true);
     let silent = Instant::now();
     wait_until_or(
         "the learned route out of the kernel",
@@ -361,9 +338,7 @@ fn bfd_down_ends_the_bgp_session_at_once_and_it_comes_back() {
         "{peer}"
     );
 
-    for rule in &drop_rules {
-        r.sh_ok(&rule.replace(" -A ", " -D "));
-    }
+    silence(&r, &ri, false);
     p.wait_established("tor", T);
     petrel_tests::wait_gateways(&n, "198.18.0.0/16", &["198.51.100.1"], T);
     wait_until_or(
@@ -549,35 +524,15 @@ fn a_reload_with_new_bfd_intervals_renegotiates_without_a_flap() {
 
 #[test]
 fn multihop_bfd_with_frr() {
-    let dir = TestDir::new("bfd-mh");
-    let r = Netns::new("r");
-    let n = Netns::new("n");
-    link(&r, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
-    let mut frr = Frr::start(&r, &dir, "frr", "frr defaults traditional\nhostname r\n!\n");
-    frr.start_bfdd(
-        &r,
+    let (_dir, _r, n, _ri, frr) = frr_bfdd(
+        "bfd-mh",
+        "198.51.100.1/24",
+        "198.51.100.2/24",
         "bfd\n peer 198.51.100.2 multihop local-address 198.51.100.1\n  receive-interval 300\n  transmit-interval 300\n !\n!\n",
     );
-    let ours = Ours::start(
-        &n,
-        Key {
-            local: "198.51.100.2".parse().unwrap(),
-            remote: "198.51.100.1".parse().unwrap(),
-            multihop: true,
-        },
-        Config::default(),
-    );
+    let ours = Ours::start(&n, v4_key(true), Config::default());
     ours.wait("our multihop session Up", |s| s.state == State::Up);
-    wait_until_or(
-        "FRR sees the multihop session up",
-        T,
-        || {
-            frr.try_vtysh("show bfd peers")
-                .filter(|o| o.contains("multihop") && o.contains("Status: up"))
-                .map(|_| ())
-        },
-        || frr.vtysh("show bfd peers"),
-    );
+    wait_frr_bfd_up(&frr, "multihop");
     ours.wait("300 ms both ways", |s| {
         s.tx_us == 300_000 && s.detection_us == 900_000
     });
@@ -602,15 +557,7 @@ fn five_minutes_beside_two_busy_loops_without_a_false_down() {
         &r,
         "bfd\n peer 198.51.100.2\n  receive-interval 300\n  transmit-interval 300\n  detect-multiplier 3\n !\n!\n",
     );
-    let ours = Ours::start(
-        &n,
-        Key {
-            local: "198.51.100.2".parse().unwrap(),
-            remote: "198.51.100.1".parse().unwrap(),
-            multihop: false,
-        },
-        Config::default(),
-    );
+    let ours = Ours::start(&n, v4_key(false), Config::default());
     ours.wait("300 ms both ways", |s| {
         s.state == State::Up && s.detection_us == 900_000
     });

@@ -97,6 +97,19 @@ impl Watch {
 }
 
 /// How many polls fell inside [from, to]: the watch covered that window.
+/// BFD Up at BIRD and in petrel's status.
+fn wait_bfd_up(b: &Bird, p: &Petrel) {
+    wait_until_or(
+        "BFD Up at BIRD and at petrel",
+        T,
+        || {
+            (b.birdc("show bfd sessions").contains("Up") && p.peer("tor")["bfd"]["state"] == "Up")
+                .then_some(())
+        },
+        || b.birdc("show bfd sessions"),
+    );
+}
+
 fn polls_within(polls: &[Instant], from: Instant, to: Instant) -> usize {
     polls.iter().filter(|t| **t >= from && **t <= to).count()
 }
@@ -146,16 +159,7 @@ fn petrel_restart_keeps_routes_at_bird(label: &str, bfd: bool) {
     );
     b.wait_established("petrel", T);
     if bfd {
-        wait_until_or(
-            "BFD Up at BIRD and at petrel",
-            T,
-            || {
-                (b.birdc("show bfd sessions").contains("Up")
-                    && p.peer("tor")["bfd"]["state"] == "Up")
-                    .then_some(())
-            },
-            || b.birdc("show bfd sessions"),
-        );
+        wait_bfd_up(&b, &p);
     }
     wait_until_or(
         "BIRD holds both pod CIDRs",
@@ -247,16 +251,7 @@ fn petrel_restart_keeps_routes_at_bird(label: &str, bfd: bool) {
         "the node's FIB lost BIRD's route during the restart"
     );
     if bfd {
-        wait_until_or(
-            "BFD Up again after the restart",
-            T,
-            || {
-                (b.birdc("show bfd sessions").contains("Up")
-                    && p.peer("tor")["bfd"]["state"] == "Up")
-                    .then_some(())
-            },
-            || b.birdc("show bfd sessions"),
-        );
+        wait_bfd_up(&b, &p);
     }
     drop((p, b));
 }

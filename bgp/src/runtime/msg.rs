@@ -60,7 +60,10 @@ pub(crate) enum SpeakerCmd {
         done: oneshot::Sender<()>,
     },
     NodeAddresses(Vec<IpNet>),
-    /// A liveness detector's verdict on the path to a peer (forwarded to its task).
+    /// A liveness detector's verdict on the path to a peer, sent by the agent's BFD watcher
+    /// (one per peer, which waits when this queue is full; nothing waits on the watcher).
+    /// The manager forwards it, awaiting room in the peer's queue: the peer task never
+    /// waits on the manager, so this cannot close a cycle.
     Liveness {
         peer: String,
         up: bool,
