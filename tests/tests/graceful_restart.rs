@@ -1,5 +1,6 @@
 //! Graceful restart (RFC 4724) with BIRD, both ways: Petrel restarting with BIRD as the
-//! helper, and BIRD restarting with Petrel as the helper.
+//! helper, and BIRD restarting with Petrel as the helper; and the agent stalled and
+//! restarted with BFD on under traffic through BIRD and FRR, without losing a packet.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -332,4 +333,254 @@ fn bird_restart_keeps_routes_at_petrel_until_end_of_rib() {
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     petrel_tests::wait_until(what, T, || f().then_some(()));
+}
+
+/// `ping -i 0.01` from a namespace until stopped; the sequence numbers that came back.
+struct Pinger {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl Pinger {
+    fn start(ns: &petrel_tests::Netns, dir: &petrel_tests::TestDir, dst: &str) -> Pinger {
+        let out = dir.file(&format!("ping-{dst}.txt"));
+        let child = ns
+            .cmd("ping")
+            .args(["-n", "-i", "0.01", "-W", "1", dst])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("ping");
+        Pinger { child, out }
+    }
+
+    fn replies(&self) -> Vec<u64> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split("icmp_seq=").nth(1))
+            .filter_map(|s| s.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
+    /// Stop it; (requests answered, the sequence numbers missing below the last answered).
+    /// Counting gaps, not sent minus received, leaves out the one request still in flight
+    /// when ping is stopped.
+    fn finish(mut self) -> (usize, Vec<u64>) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        let got = self.replies();
+        let seen: std::collections::BTreeSet<u64> = got.iter().copied().collect();
+        let last = seen.last().copied().unwrap_or(0);
+        let missing = (1..last).filter(|s| !seen.contains(s)).collect();
+        (seen.len(), missing)
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kernel_has(ns: &str, prefix: &str) -> bool {
+    Command::new("ip")
+        .args(["-n", ns, "-4", "route", "show", prefix])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(prefix))
+        .unwrap_or(false)
+}
+
+/// The issue's proof for BFD with graceful restart: a node with two routers, BIRD with
+/// `bfd graceful` and FRR with `bfd check-control-plane-failure`, a pod pinging a host
+/// behind each every 10 ms, and the agent restarted in the middle (SIGTERM, both routers'
+/// BFD sessions seen Down, start again). Not one ping may be lost, and neither router's
+/// kernel may lose its route to the pod CIDR for one poll.
+#[test]
+fn agent_restart_with_bfd_under_traffic_loses_no_packet() {
+    use petrel_tests::frr::Frr;
+    use petrel_tests::{Netns, TestDir, link};
+    let dir = TestDir::new("gr-traffic");
+    let n = Netns::new("n");
+    let rb = Netns::new("rb");
+    let rf = Netns::new("rf");
+    let pod = Netns::new("pod");
+    link(&rb, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    link(&rf, &["203.0.113.1/24"], &n, &["203.0.113.2/24"]);
+    let (pod_if, host_if) = link(&pod, &["10.244.2.10/32"], &n, &[]);
+    rb.ip("addr add 198.18.1.1/32 dev lo");
+    rf.ip("addr add 198.18.2.1/32 dev lo");
+    // The pod as the CNI plugin wires it: its gateway 169.254.1.1 on the veth, a host
+    // route to it on the node.
+    pod.ip(&format!("route add 169.254.1.1 dev {pod_if} scope link"));
+    pod.ip(&format!("route add default via 169.254.1.1 dev {pod_if}"));
+    n.sysctl("net.ipv4.ip_forward", "1");
+    let mac = n.sh_ok(&format!("cat /sys/class/net/{host_if}/address"));
+    pod.ip(&format!(
+        "neigh replace 169.254.1.1 lladdr {} dev {pod_if} nud permanent",
+        mac.trim()
+    ));
+    n.ip(&format!("route add 10.244.2.10/32 dev {host_if}"));
+    rb.sysctl("net.ipv4.ip_local_port_range", "49152 65535");
+
+    let b = Bird::start(
+        &rb,
+        &dir,
+        "bird",
+        &format!(
+            r#"
+router id 198.51.100.1;
+protocol device {{}}
+protocol kernel {{ ipv4 {{ export all; }}; }}
+protocol bfd {{ interface "*" {{ min rx interval 300 ms; min tx interval 300 ms; multiplier 3; }}; }}
+protocol static {{ ipv4; route 198.18.1.0/24 blackhole; }}
+protocol bgp petrel {{
+  local 198.51.100.1 as 65001; neighbor 198.51.100.2 as 65002;
+  hold time 9; graceful restart on; graceful restart time 60; {fast} bfd graceful;
+  ipv4 {{ import all; export where net = 198.18.1.0/24; }};
+}}
+"#,
+            fast = bird::FAST
+        ),
+    );
+    let mut frr = Frr::start(
+        &rf,
+        &dir,
+        "frr",
+        "frr defaults traditional\nhostname rf\nrouter bgp 65003\n bgp router-id 203.0.113.1\n no bgp ebgp-requires-policy\n no bgp network import-check\n bgp graceful-restart\n timers bgp 3 9\n neighbor 203.0.113.2 remote-as 65002\n neighbor 203.0.113.2 timers connect 1\n neighbor 203.0.113.2 bfd\n neighbor 203.0.113.2 bfd check-control-plane-failure\n address-family ipv4 unicast\n  network 198.18.2.0/24\n exit-address-family\n!\n",
+    );
+    frr.start_bfdd(&rf, "bfd\n!\n");
+    let import = "import: { prefixes: [{ prefix: 0.0.0.0/0, le: 32 }] }";
+    let yaml = format!(
+        "node: {{ asn: 65002, router_id: 198.51.100.2, pod_cidrs: [10.244.2.0/24] }}\npeers:\n  - {{ name: bird, address: 198.51.100.1, asn: 65001, hold_time: 9, connect_retry: 1, bfd: true, {import} }}\n  - {{ name: frr, address: 203.0.113.1, asn: 65003, hold_time: 9, connect_retry: 1, bfd: true, {import} }}\nbgp:\n  graceful_restart: {{ restart_time: 60 }}\n"
+    );
+    let mut p = Petrel::start(&n, &dir, "petrel", &yaml);
+    let frr_bfd_up = |f: &Frr| {
+        f.try_vtysh("show bfd peers")
+            .is_some_and(|o| o.contains("Status: up"))
+    };
+    let all_up = |p: &Petrel| {
+        ["bird", "frr"].iter().all(|peer| {
+            let v = p.peer(peer);
+            v["state"] == "Established" && v["bfd"]["state"] == "Up"
+        })
+    };
+    wait_until_or(
+        "both sessions Established with BFD Up on both sides, routes in every kernel",
+        T,
+        || {
+            (all_up(&p)
+                && b.birdc("show bfd sessions").contains("Up")
+                && frr_bfd_up(&frr)
+                && kernel_has(&rb.name, "10.244.2.0/24")
+                && kernel_has(&rf.name, "10.244.2.0/24")
+                && fib_has(&n.name, "198.18.1.0/24")
+                && fib_has(&n.name, "198.18.2.0/24"))
+            .then_some(())
+        },
+        || {
+            format!(
+                "{}\n{}\n{}\n{}",
+                p.status(),
+                b.birdc("show bfd sessions"),
+                frr.vtysh("show bfd peers"),
+                n.routes4("")
+            )
+        },
+    );
+    let to_frr = Pinger::start(&pod, &dir, "198.18.2.1");
+    wait_until("pings answered through FRR", || to_frr.replies().len() > 20);
+    let watches: Vec<Watch> = [rb.name.clone(), rf.name.clone()]
+        .into_iter()
+        .map(|ns| Watch::new(move || kernel_has(&ns, "10.244.2.0/24")))
+        .collect();
+
+    let bfd_down_at_routers = |b: &Bird, frr: &Frr| {
+        wait_until_or(
+            "BFD Down at both routers",
+            T,
+            || (!b.birdc("show bfd sessions").contains("Up") && !frr_bfd_up(frr)).then_some(()),
+            || {
+                format!(
+                    "{}\n{}",
+                    b.birdc("show bfd sessions"),
+                    frr.vtysh("show bfd peers")
+                )
+            },
+        )
+    };
+
+    // First the agent stalls (SIGSTOP) while the kernel goes on forwarding: BFD goes
+    // silent with TCP still open. FRR with check-control-plane-failure and graceful
+    // restart ignores that BFD Down and keeps the session and its routes (without that
+    // line it resets the session and the traffic through it is lost; FRR 8.4 does not
+    // look at our C bit here, we set it truthfully all the same). BIRD sends C=0, so once
+    // we run again its BFD Down counts as a failure on our side (RFC 5882) and its
+    // session is reset: the traffic through BIRD is measured from after the stall.
+    let dropped = |f: &Frr| f.neighbor("203.0.113.2")["connectionsDropped"].clone();
+    let dropped_before = dropped(&frr);
+    let pid = p.daemon.pid().expect("running") as i32;
+    // SAFETY: kill(2) on the pid of the agent this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let stall_at = Instant::now();
+    bfd_down_at_routers(&b, &frr);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_until_or(
+        "both sessions back with BFD Up after the stall",
+        T,
+        || (all_up(&p) && frr_bfd_up(&frr)).then_some(()),
+        || p.status().to_string(),
+    );
+    let stall = stall_at.elapsed();
+    assert_eq!(
+        dropped(&frr),
+        dropped_before,
+        "FRR kept its session through the stall"
+    );
+    let to_bird = Pinger::start(&pod, &dir, "198.18.1.1");
+    wait_until("pings answered through BIRD", || {
+        to_bird.replies().len() > 20
+    });
+
+    // Then a restart: SIGTERM with graceful restart, and the same binary again.
+    let st = p.daemon.stop(Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+    let down_at = Instant::now();
+    // Both routers saw BFD go Down, and kept the routes.
+    bfd_down_at_routers(&b, &frr);
+    p.restart(&n, &dir);
+    wait_until_or(
+        "both sessions back with BFD Up",
+        T,
+        || (all_up(&p) && frr_bfd_up(&frr)).then_some(()),
+        || p.status().to_string(),
+    );
+    let up_at = Instant::now();
+    // A second of traffic after the agent is back.
+    let answered = (to_bird.replies().len(), to_frr.replies().len());
+    wait_until("a second of pings after the restart", || {
+        to_bird.replies().len() > answered.0 + 50 && to_frr.replies().len() > answered.1 + 50
+    });
+    let (via_bird, lost_bird) = to_bird.finish();
+    let (via_frr, lost_frr) = to_frr.finish();
+    for (w, at) in watches.into_iter().zip(["BIRD", "FRR"]) {
+        let (miss, polls) = w.finish();
+        assert!(
+            polls_within(&polls, stall_at, stall_at + stall) > 0,
+            "watched {at}"
+        );
+        assert!(polls_within(&polls, down_at, up_at) > 0, "watched {at}");
+        assert_eq!(miss, 0, "{at}'s kernel lost the route to the pod CIDR");
+    }
+    assert!(
+        lost_bird.is_empty() && lost_frr.is_empty(),
+        "pings lost during the restart: through BIRD {lost_bird:?} of {via_bird}, through FRR {lost_frr:?} of {via_frr}"
+    );
+    eprintln!(
+        "agent stall and restart: {via_bird} pings through BIRD and {via_frr} through FRR, none lost; stalled {stall:?}, away {:?}",
+        up_at - down_at
+    );
 }
