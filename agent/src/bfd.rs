@@ -72,6 +72,7 @@ fn local_address(p: &PeerConfig) -> std::io::Result<IpAddr> {
 fn view(key: &Key, s: &Status) -> BfdView {
     BfdView {
         state: s.state.name().to_string(),
+        multihop: key.multihop,
         local_address: key.local,
         local_discriminator: s.local_discr,
         remote_discriminator: s.remote_discr,

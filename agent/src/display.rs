@@ -137,7 +137,11 @@ pub fn status(s: &AgentStatus) -> String {
         .map(|(p, b)| {
             vec![
                 p.name.clone(),
-                b.state.clone(),
+                if b.multihop {
+                    format!("{} (multihop)", b.state)
+                } else {
+                    b.state.clone()
+                },
                 format!("{}/{}/{} ms", b.tx_ms, b.rx_ms, b.detection_ms),
                 format!("{:#x}", b.remote_discriminator),
                 b.remote_control_plane_independent.to_string(),

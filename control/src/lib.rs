@@ -113,6 +113,9 @@ pub struct PeerView {
 pub struct BfdView {
     /// AdminDown, Down, Init, Up.
     pub state: String,
+    /// RFC 5883 multihop (port 4784, any TTL) rather than single-hop (3784, TTL 255).
+    #[serde(default)]
+    pub multihop: bool,
     pub local_address: IpAddr,
     pub local_discriminator: u32,
     pub remote_discriminator: u32,

@@ -589,3 +589,76 @@ fn five_minutes_beside_two_busy_loops_without_a_false_down() {
         "false Down at FRR:\n{counters}"
     );
 }
+
+/// eBGP multihop with BFD across a router in between (RFC 5883, port 4784): FRR's bgpd
+/// makes a multihop BFD session of its own for the multihop neighbour, ours comes up
+/// against it, and a silent link behind the middle router (ours is still up) ends the
+/// BGP session within BFD's detection time.
+#[test]
+fn multihop_bfd_through_a_router_ends_the_session_when_the_far_link_goes_silent() {
+    let dir = TestDir::new("bfd-mh-bgp");
+    let n = Netns::new("n");
+    let _ = &n;
+    let m = Netns::new("m");
+    let r = Netns::new("r");
+    link(&m, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
+    let (_, ri) = link(&m, &["192.0.2.1/24"], &r, &["192.0.2.2/24"]);
+    m.sysctl("net.ipv4.ip_forward", "1");
+    n.ip("route add 192.0.2.0/24 via 198.51.100.1");
+    r.ip("route add 198.51.100.0/24 via 192.0.2.1");
+    let mut frr = Frr::start(
+        &r,
+        &dir,
+        "frr",
+        "frr defaults traditional\nhostname r\nrouter bgp 65001\n bgp router-id 192.0.2.2\n no bgp ebgp-requires-policy\n no bgp network import-check\n bgp graceful-restart-disable\n timers bgp 3 9\n neighbor 198.51.100.2 remote-as 65002\n neighbor 198.51.100.2 ebgp-multihop 2\n neighbor 198.51.100.2 timers connect 1\n neighbor 198.51.100.2 bfd\n address-family ipv4 unicast\n  network 198.18.0.0/16\n exit-address-family\n!\n",
+    );
+    frr.start_bfdd(&r, "bfd\n!\n");
+    let p = petrel_tests::petrel::Petrel::start(
+        &n,
+        &dir,
+        "petrel",
+        "node: { asn: 65002, router_id: 198.51.100.2, pod_cidrs: [10.244.2.0/24] }\npeers:\n  - { name: tor, address: 192.0.2.2, asn: 65001, multihop: 2, hold_time: 9, connect_retry: 1, import: { prefixes: [{ prefix: 0.0.0.0/0, le: 32 }] }, bfd: true }\nbgp: { graceful_restart: { enabled: false } }\n",
+    );
+    p.wait_established("tor", T);
+    // The route's next hop 192.0.2.2 is not on a connected subnet: the kernel takes it
+    // only once next hops resolve through the table (issue 11); the Loc-RIB has it.
+    wait_until_or(
+        "FRR's route in the Loc-RIB",
+        T,
+        || p.route("198.18.0.0/16").map(|_| ()),
+        || p.routes().to_string(),
+    );
+    wait_until_or(
+        "BFD Up in petrel status",
+        T,
+        || (bfd_state(&p) == "Up").then_some(()),
+        || p.peer("tor").to_string(),
+    );
+    wait_frr_bfd_up(&frr, "multihop");
+    let b = &p.peer("tor")["bfd"];
+    assert_eq!(b["multihop"], true, "{b}");
+    assert_eq!(b["detection_ms"], 900, "{b}");
+
+    // Silence the router's own link, one hop away from the node: the node's link stays
+    // up and quiet, only BFD can tell.
+    silence(&r, &ri, true);
+    let silent = Instant::now();
+    wait_until_or(
+        "the learned route out of the Loc-RIB",
+        T,
+        || p.route("198.18.0.0/16").is_none().then_some(()),
+        || p.peer("tor").to_string(),
+    );
+    let took = silent.elapsed();
+    eprintln!("multihop: route removed {took:?} after the far link went silent (hold 9 s)");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(p.peer("tor")["last_error"], "sent Cease: BFD Down (6/10)");
+    silence(&r, &ri, false);
+    p.wait_established("tor", T);
+    wait_until_or(
+        "BFD Up again",
+        T,
+        || (bfd_state(&p) == "Up").then_some(()),
+        || p.peer("tor").to_string(),
+    );
+}
