@@ -82,6 +82,7 @@ pub fn speaker(cfg: &Config, restarting: bool, node_addresses: Vec<IpNet>) -> Sp
     SpeakerConfig {
         asn: cfg.node.asn,
         router_id: cfg.node.router_id,
+        cluster_id: cfg.bgp.cluster_id,
         listen_addresses: cfg.bgp.listen_addresses.clone(),
         listen_port: cfg.bgp.listen_port,
         max_paths: cfg.bgp.max_paths as usize,
@@ -214,6 +215,7 @@ pub fn peers(cfg: &Config) -> anyhow::Result<Vec<PeerConfig>> {
                 graceful_restart: p.graceful_restart,
                 enforce_first_as: p.enforce_first_as,
                 liveness_required: p.bfd.is_some_and(|b| b.strict),
+                route_reflector_client: p.route_reflector_client,
             })
         })
         .collect()

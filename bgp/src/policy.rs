@@ -305,10 +305,11 @@ pub enum Refusal {
     Martian,
     BadNextHop,
     InsideConnectedSubnet,
+    ClusterLoop,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 10] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::AsLoop,
         Refusal::OriginatorIsUs,
         Refusal::OwnPodCidr,
@@ -319,6 +320,7 @@ impl Refusal {
         Refusal::Martian,
         Refusal::BadNextHop,
         Refusal::InsideConnectedSubnet,
+        Refusal::ClusterLoop,
     ];
 
     pub fn describe(self) -> &'static str {
@@ -337,6 +339,7 @@ impl Refusal {
             Refusal::InsideConnectedSubnet => {
                 "inside a subnet the node is connected to, or a host route for the peer: it would reroute the node's own traffic"
             }
+            Refusal::ClusterLoop => "our cluster id is in the CLUSTER_LIST (RFC 4456 8)",
         }
     }
 
@@ -378,6 +381,8 @@ pub enum Imported {
 pub struct ImportContext<'a> {
     pub local_asn: u32,
     pub router_id: Ipv4Addr,
+    /// Our route reflection cluster (RFC 4456 7; the router id unless configured).
+    pub cluster_id: Ipv4Addr,
     pub ebgp: bool,
     pub own_prefixes: &'a [IpNet],
     /// Our addresses on this session.
@@ -397,6 +402,9 @@ impl ImportContext<'_> {
         }
         if r.attrs.originator_id == Some(self.router_id) {
             return Err(Refusal::OriginatorIsUs);
+        }
+        if r.attrs.cluster_list.contains(&self.cluster_id) {
+            return Err(Refusal::ClusterLoop);
         }
         let nh = r.next_hop.addr();
         if self.policy.filter_martians && is_unusable_next_hop(nh) {
@@ -513,9 +521,19 @@ pub struct OutRoute {
 pub struct Candidate<'a> {
     pub source: Source,
     pub attrs: &'a RouteAttrs,
-    /// The peer it was learned from (`None` for the node's own routes), and whether that
-    /// session is iBGP.
-    pub from: Option<(crate::rib::PeerId, bool)>,
+    /// The peer it was learned from (`None` for the node's own routes).
+    pub from: Option<LearnedFrom>,
+}
+
+/// The peer a candidate path was learned from, as export sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct LearnedFrom {
+    pub peer: crate::rib::PeerId,
+    pub ibgp: bool,
+    /// A route reflection client of ours (RFC 4456).
+    pub rr_client: bool,
+    /// Its BGP identifier: the ORIGINATOR_ID of what we reflect from it.
+    pub router_id: Ipv4Addr,
 }
 
 /// Everything the export decision needs about the receiving peer.
@@ -524,6 +542,12 @@ pub struct ExportContext<'a> {
     pub local_asn: u32,
     pub peer: crate::rib::PeerId,
     pub ebgp: bool,
+    /// The receiving peer is a route reflection client of ours.
+    pub rr_client: bool,
+    /// The receiving peer's BGP identifier, once known: a reflected route is not sent back
+    /// to the router it came from.
+    pub router_id: Option<Ipv4Addr>,
+    pub cluster_id: Ipv4Addr,
     pub policy: &'a ExportPolicy,
 }
 
@@ -532,11 +556,22 @@ impl ExportContext<'_> {
     /// withdrawal if something was sent before).
     pub fn export(&self, prefix: &IpNet, c: &Candidate<'_>) -> Option<OutRoute> {
         let a = &c.attrs.attrs;
-        if let Some((from, from_ibgp)) = c.from
-            && (from == self.peer || (from_ibgp && !self.ebgp))
-        {
-            return None;
-        }
+        // iBGP to iBGP only by reflection (RFC 4456 6): from a client to everyone, from a
+        // non-client to clients. Never back to the peer it came from or its originator.
+        let reflect = match c.from {
+            Some(f) if f.peer == self.peer => return None,
+            Some(f) if f.ibgp && !self.ebgp => {
+                if !(f.rr_client || self.rr_client) {
+                    return None;
+                }
+                let originator = a.originator_id.unwrap_or(f.router_id);
+                if self.router_id == Some(originator) {
+                    return None;
+                }
+                Some(originator)
+            }
+            _ => None,
+        };
         if a.communities.contains(&community::NO_ADVERTISE) {
             return None;
         }
@@ -550,7 +585,9 @@ impl ExportContext<'_> {
         let set = match first_match(&self.policy.rules, c.source, prefix, a) {
             Some((_, r)) if r.action == Action::Reject => return None,
             Some((_, r)) => Some(&r.set),
-            None if c.source.is_local() => None,
+            // The node's own routes go out unless a rule says no; so does what a route
+            // reflector reflects (RFC 4456), without rules of its own.
+            None if c.source.is_local() || reflect.is_some() => None,
             None => return None,
         };
         let mut out = PathAttrs {
@@ -593,6 +630,14 @@ impl ExportContext<'_> {
                     .or(a.local_pref)
                     .unwrap_or(DEFAULT_LOCAL_PREF),
             );
+        }
+        // RFC 4456 8: the reflector sets ORIGINATOR_ID if absent and prepends its cluster
+        // id to the CLUSTER_LIST; both stay inside the AS.
+        if let Some(originator) = reflect {
+            out.originator_id = Some(originator);
+            out.cluster_list = std::iter::once(self.cluster_id)
+                .chain(a.cluster_list.iter().copied())
+                .collect();
         }
         let next_hop = if self.ebgp || c.source.is_local() {
             OutNextHop::Local

@@ -46,6 +46,8 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/petrel/petrel.sock";
 pub struct Config {
     pub node: NodeConfig,
     pub peers: Vec<PeerConfig>,
+    /// Dynamic peers: sessions accepted from any address of a range (`peer_ranges:`).
+    pub peer_ranges: Vec<PeerRange>,
     pub bgp: BgpConfig,
     pub fib: FibConfig,
     pub control: ControlConfig,
@@ -309,6 +311,19 @@ pub struct PeerConfig {
     pub export: Vec<Rule>,
     /// BFD on this session (RFC 5880/5882); `None`: off.
     pub bfd: Option<BfdConfig>,
+    /// A route reflection client of ours (RFC 4456; iBGP only).
+    pub route_reflector_client: bool,
+}
+
+/// Sessions accepted from any address in `range`, each a peer with the settings of
+/// `template` (its `address` is the range's first address and means nothing; it is
+/// always passive), at most `max_peers` at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerRange {
+    pub name: String,
+    pub range: IpNet,
+    pub max_peers: u32,
+    pub template: PeerConfig,
 }
 
 /// A peer's BFD session; intervals in milliseconds.
@@ -386,6 +401,8 @@ impl PrefixRule {
 /// Speaker-wide settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BgpConfig {
+    /// Route reflection cluster id (RFC 4456 7); `None`: the router id.
+    pub cluster_id: Option<Ipv4Addr>,
     /// Addresses to listen on for incoming sessions (port `listen_port`).
     pub listen_addresses: Vec<IpAddr>,
     pub listen_port: u16,

@@ -12,6 +12,10 @@ pub(crate) struct RawConfig {
     pub node: S<RawNode>,
     #[serde(default)]
     pub peers: Vec<S<RawPeer>>,
+    /// Dynamic peers: the same settings as a peer, with `range` and `max_peers` for
+    /// `address`.
+    #[serde(default)]
+    pub peer_ranges: Vec<S<RawPeer>>,
     pub bgp: Option<S<RawBgp>>,
     pub fib: Option<S<RawFib>>,
     pub control: Option<S<RawControl>>,
@@ -88,7 +92,11 @@ pub(crate) struct RawMinLen {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPeer {
     pub name: S<String>,
-    pub address: S<String>,
+    /// A configured peer's address (`peers:`).
+    pub address: Option<S<String>>,
+    /// A peer range's addresses and cap (`peer_ranges:`).
+    pub range: Option<S<String>>,
+    pub max_peers: Option<S<i64>>,
     pub asn: S<i64>,
     pub port: Option<S<i64>>,
     pub local_address: Option<S<String>>,
@@ -110,6 +118,7 @@ pub(crate) struct RawPeer {
     pub enforce_first_as: Option<bool>,
     pub export: Option<S<Vec<S<RawRule>>>>,
     pub bfd: Option<S<RawBfdOrBool>>,
+    pub route_reflector_client: Option<S<bool>>,
 }
 
 /// `bfd: true` or `bfd: { enabled: true, min_rx: 300, ... }`. Not `#[serde(untagged)]`:
@@ -173,6 +182,7 @@ pub(crate) struct RawPrefixRule {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBgp {
+    pub cluster_id: Option<S<String>>,
     pub listen_addresses: Option<Vec<S<String>>>,
     pub listen_port: Option<S<i64>>,
     pub graceful_restart: Option<S<RawGracefulRestart>>,

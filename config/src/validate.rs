@@ -167,24 +167,72 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig, base: Option<&Path>) -> Config {
         } else {
             names.insert(name.value.clone(), name.referenced);
         }
-        if let Ok(addr) = p.value.address.value.trim().parse::<IpAddr>() {
+        if let Some(a) = &p.value.address
+            && let Ok(addr) = a.value.trim().parse::<IpAddr>()
+        {
             if let Some(first) = addrs.get(&addr) {
                 let msg = format!(
                     "duplicate peer address {addr} (first at line {})",
                     first.line()
                 );
-                cx.err(p.value.address.referenced, msg);
+                cx.err(a.referenced, msg);
             } else {
-                addrs.insert(addr, p.value.address.referenced);
+                addrs.insert(addr, a.referenced);
             }
         }
-        if let Some(peer) = peer(cx, p, &bgp, &pod_cidrs, base) {
+        if let Some(peer) = peer(cx, p, &bgp, &pod_cidrs, base, node.asn, None) {
             peers.push(peer);
+        }
+    }
+    let mut peer_ranges: Vec<PeerRange> = Vec::new();
+    for p in &raw.peer_ranges {
+        let name = &p.value.name;
+        if let Some(first) = names.get(&name.value) {
+            let msg = format!(
+                "duplicate peer name {:?} (first at line {})",
+                name.value,
+                first.line()
+            );
+            cx.err(name.referenced, msg);
+        } else {
+            names.insert(name.value.clone(), name.referenced);
+        }
+        let range = match &p.value.range {
+            Some(r) => cx.parse::<IpNet>(r, "range (a CIDR such as 198.18.0.0/15)"),
+            None => {
+                cx.err(p.referenced, "a peer range needs `range:` (a CIDR)");
+                None
+            }
+        };
+        if let (Some(r), Some(s)) = (range, &p.value.range)
+            && let Some(other) = peer_ranges
+                .iter()
+                .find(|o| o.range.contains(&r.network()) || r.contains(&o.range.network()))
+        {
+            cx.err(
+                s.referenced,
+                format!(
+                    "range {r} overlaps range {} of {:?}",
+                    other.range, other.name
+                ),
+            );
+        }
+        let max_peers = cx.opt_int(&p.value.max_peers, 1, 100_000, "max_peers", 1000);
+        if let Some(range) = range
+            && let Some(template) = peer(cx, p, &bgp, &pod_cidrs, base, node.asn, Some(range))
+        {
+            peer_ranges.push(PeerRange {
+                name: p.value.name.value.clone(),
+                range: range.trunc(),
+                max_peers,
+                template,
+            });
         }
     }
     Config {
         node,
         peers,
+        peer_ranges,
         bgp,
         fib: fib(cx, raw.fib.as_ref()),
         control: ControlConfig {
@@ -326,6 +374,7 @@ fn node(cx: &mut Ctx<'_>, raw: &Spanned<RawNode>) -> NodeConfig {
 
 fn bgp(cx: &mut Ctx<'_>, raw: Option<&Spanned<RawBgp>>) -> BgpConfig {
     let mut out = BgpConfig {
+        cluster_id: None,
         listen_addresses: Vec::new(),
         listen_port: BGP_PORT,
         graceful_restart: GracefulRestartConfig {
@@ -337,6 +386,10 @@ fn bgp(cx: &mut Ctx<'_>, raw: Option<&Spanned<RawBgp>>) -> BgpConfig {
     };
     let Some(raw) = raw else { return out };
     let b = &raw.value;
+    out.cluster_id = b
+        .cluster_id
+        .as_ref()
+        .and_then(|c| cx.parse::<Ipv4Addr>(c, "cluster_id (an IPv4 address)"));
     if let Some(list) = &b.listen_addresses {
         out.listen_addresses = list
             .iter()
@@ -431,9 +484,36 @@ fn peer(
     bgp: &BgpConfig,
     pod_cidrs: &[IpNet],
     base: Option<&Path>,
+    node_asn: u32,
+    // `Some`: a peer range's template.
+    range: Option<IpNet>,
 ) -> Option<PeerConfig> {
     let p = &raw.value;
     let before = cx.problems.len();
+    if range.is_none() {
+        if let Some(r) = &p.range {
+            cx.err(r.referenced, "`range` belongs in peer_ranges, not peers");
+        }
+        if let Some(m) = &p.max_peers {
+            cx.err(
+                m.referenced,
+                "`max_peers` belongs in peer_ranges, not peers",
+            );
+        }
+    }
+    let address = match (range, &p.address) {
+        (None, Some(a)) => cx.parse::<IpAddr>(a, "peer address"),
+        (None, None) => {
+            cx.err(raw.referenced, "a peer needs `address:`");
+            None
+        }
+        (Some(r), a) => {
+            if let Some(a) = a {
+                cx.err(a.referenced, "a peer range takes `range:`, not `address:`");
+            }
+            Some(r.network())
+        }
+    };
     if p.name.value.is_empty() {
         cx.err(p.name.referenced, "peer name is empty");
     } else if !safe_name(&p.name.value, 64, false) {
@@ -445,12 +525,19 @@ fn peer(
             ),
         );
     }
-    let address = cx.parse::<IpAddr>(&p.address, "peer address");
-    if let Some(a) = address
+    // Where to point at the address (the range's, for a range).
+    let addr_at = p
+        .address
+        .as_ref()
+        .or(p.range.as_ref())
+        .map(|a| a.referenced)
+        .unwrap_or(raw.referenced);
+    if range.is_none()
+        && let Some(a) = address
         && (a.is_unspecified() || a.is_multicast())
     {
         cx.err(
-            p.address.referenced,
+            addr_at,
             format!("peer address {a} is not a unicast address"),
         );
     }
@@ -524,13 +611,31 @@ fn peer(
     });
     // A pod CIDR holding the peer's address would blackhole the session.
     if let Some(a) = address
-        && let Some(c) = pod_cidrs.iter().find(|c| c.contains(&a))
+        && let Some(c) = pod_cidrs
+            .iter()
+            .find(|c| c.contains(&a) || range.is_some_and(|r| r.contains(&c.network())))
     {
         cx.err(
-            p.address.referenced,
-            format!("peer address {a} is inside the pod CIDR {c}"),
+            addr_at,
+            match range {
+                Some(r) => format!("range {r} overlaps the pod CIDR {c}"),
+                None => format!("peer address {a} is inside the pod CIDR {c}"),
+            },
         );
     }
+    let route_reflector_client = match &p.route_reflector_client {
+        Some(b) if b.value && peer_asn != node_asn => {
+            cx.err(
+                b.referenced,
+                format!(
+                    "route_reflector_client needs an iBGP peer: asn {peer_asn} is not the node's {node_asn}"
+                ),
+            );
+            false
+        }
+        Some(b) => b.value,
+        None => false,
+    };
     let multihop = p
         .multihop
         .as_ref()
@@ -619,7 +724,7 @@ fn peer(
         port,
         asn: peer_asn,
         local_address,
-        passive: p.passive,
+        passive: p.passive || range.is_some(),
         hold_time,
         keepalive,
         connect_retry,
@@ -635,6 +740,7 @@ fn peer(
         enforce_first_as: p.enforce_first_as.unwrap_or(true),
         export,
         bfd,
+        route_reflector_client,
     })
 }
 

@@ -438,3 +438,61 @@ fn bfd_example_is_accepted_as_written_and_checked() {
         ]
     );
 }
+
+#[test]
+fn route_reflector_and_peer_range_example_is_accepted_as_written() {
+    let text = "node: { asn: 65000, router_id: 198.18.0.1, pod_cidrs: [10.244.2.0/24] }\nbgp:\n  cluster_id: 198.18.0.1\npeer_ranges:\n  - { name: clients, range: 198.18.0.0/15, asn: 65000, route_reflector_client: true, max_peers: 2000, hold_time: 30 }\npeers:\n  - { name: rr2, address: 192.0.2.9, asn: 65000, route_reflector_client: false }\n";
+    let cfg = parse_str(text, "p.yaml", None).unwrap();
+    assert_eq!(cfg.bgp.cluster_id, Some("198.18.0.1".parse().unwrap()));
+    let r = &cfg.peer_ranges[0];
+    assert_eq!(
+        (r.name.as_str(), r.range.to_string(), r.max_peers),
+        ("clients", "198.18.0.0/15".into(), 2000)
+    );
+    assert!(r.template.route_reflector_client && r.template.passive);
+    assert_eq!((r.template.asn, r.template.hold_time), (65000, 30));
+    assert!(!cfg.peers[0].route_reflector_client);
+}
+
+#[test]
+fn route_reflector_and_peer_range_problems() {
+    let head = "node: { asn: 65000, router_id: 192.0.2.2, pod_cidrs: [10.244.2.0/24] }\n";
+    assert_eq!(
+        problems(&format!(
+            "{head}peers:\n  - {{ name: x, address: 192.0.2.1, asn: 65001, route_reflector_client: true }}\n"
+        )),
+        [
+            "p.yaml:3:72: route_reflector_client needs an iBGP peer: asn 65001 is not the node's 65000"
+        ]
+    );
+    assert_eq!(
+        problems(&format!("{head}bgp: {{ cluster_id: 2001:db8::1 }}\n")),
+        ["p.yaml:2:20: invalid cluster_id (an IPv4 address) \"2001:db8::1\""]
+    );
+    let p = problems(&format!(
+        "{head}peer_ranges:\n  - {{ name: a, range: 198.18.0.0/15, asn: 65000 }}\n  - {{ name: b, range: 198.19.0.0/16, asn: 65000, address: 192.0.2.1 }}\n  - {{ name: c, asn: 65000 }}\n  - {{ name: d, range: 10.244.0.0/16, asn: 65000 }}\n"
+    ));
+    assert_eq!(p.len(), 4, "{p:?}");
+    assert!(
+        p[0].contains("range 198.19.0.0/16 overlaps range 198.18.0.0/15 of \"a\""),
+        "{p:?}"
+    );
+    assert!(
+        p[1].contains("a peer range takes `range:`, not `address:`"),
+        "{p:?}"
+    );
+    assert!(p[2].contains("a peer range needs `range:`"), "{p:?}");
+    assert!(
+        p[3].contains("range 10.244.0.0/16 overlaps the pod CIDR 10.244.2.0/24"),
+        "{p:?}"
+    );
+    assert_eq!(
+        problems(&format!(
+            "{head}peers:\n  - {{ name: x, range: 198.18.0.0/15, asn: 65000 }}\n"
+        )),
+        [
+            "p.yaml:3:5: a peer needs `address:`",
+            "p.yaml:3:23: `range` belongs in peer_ranges, not peers"
+        ]
+    );
+}

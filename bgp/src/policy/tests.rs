@@ -29,6 +29,7 @@ fn ctx<'a>(policy: &'a ImportPolicy, own: &'a [IpNet], ebgp: bool) -> ImportCont
     ImportContext {
         local_asn: 65002,
         router_id: "192.0.2.2".parse().unwrap(),
+        cluster_id: "192.0.2.99".parse().unwrap(),
         ebgp,
         own_prefixes: own,
         local_addresses: &[],
@@ -229,6 +230,9 @@ fn exp(ebgp: bool, policy: &ExportPolicy) -> ExportContext<'_> {
         local_asn: 65002,
         peer: 7,
         ebgp,
+        rr_client: false,
+        router_id: Some("192.0.2.7".parse().unwrap()),
+        cluster_id: "192.0.2.99".parse().unwrap(),
         policy,
     }
 }
@@ -245,8 +249,109 @@ fn learned(a: &RouteAttrs, peer: u32, ibgp: bool) -> Candidate<'_> {
     Candidate {
         source: Source::Learned,
         attrs: a,
-        from: Some((peer, ibgp)),
+        from: Some(LearnedFrom {
+            peer,
+            ibgp,
+            rr_client: false,
+            router_id: std::net::Ipv4Addr::from(0xC000_0200 + peer),
+        }),
     }
+}
+
+fn from_client(a: &RouteAttrs, peer: u32, client: bool) -> Candidate<'_> {
+    let mut c = learned(a, peer, true);
+    if let Some(f) = &mut c.from {
+        f.rr_client = client;
+    }
+    c
+}
+
+/// RFC 4456 6: a client's route goes to every iBGP peer; a non-client's only to clients;
+/// never back to where it came from; ORIGINATOR_ID set once, our cluster id prepended,
+/// next hop unchanged; to eBGP as a plain route.
+#[test]
+fn route_reflection() {
+    let all = ExportPolicy {
+        rules: vec![Rule {
+            matches: Match {
+                sources: Some(vec![Source::Learned]),
+                ..Default::default()
+            },
+            action: Action::Accept,
+            set: Default::default(),
+        }],
+    };
+    let n: IpNet = "10.244.3.0/24".parse().unwrap();
+    let a = attrs(&[], &[], &[]);
+    let to = |client: bool| {
+        let mut cx = exp(false, &all);
+        cx.rr_client = client;
+        cx
+    };
+    // Without reflection, iBGP to iBGP stays split horizon.
+    assert!(to(false).export(&n, &from_client(&a, 3, false)).is_none());
+    // A reflector needs no export rule to reflect.
+    let none = ExportPolicy::default();
+    let mut cx = exp(false, &none);
+    cx.rr_client = true;
+    assert!(cx.export(&n, &from_client(&a, 3, false)).is_some());
+    assert!(
+        exp(false, &none)
+            .export(&n, &from_client(&a, 3, false))
+            .is_none()
+    );
+    // Non-client to client, client to non-client, client to client.
+    for (from, dest) in [(false, true), (true, false), (true, true)] {
+        let r = to(dest)
+            .export(&n, &from_client(&a, 3, from))
+            .unwrap_or_else(|| panic!("{from} -> {dest} reflected"));
+        assert_eq!(r.attrs.originator_id, Some("192.0.2.3".parse().unwrap()));
+        assert_eq!(
+            r.attrs.cluster_list,
+            vec!["192.0.2.99".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+        assert_eq!(r.next_hop, OutNextHop::Unchanged(a.next_hop));
+    }
+    // Reflected again: the first ORIGINATOR_ID stays, our cluster goes in front.
+    let mut twice = a.clone();
+    twice.attrs.originator_id = Some("192.0.2.50".parse().unwrap());
+    twice.attrs.cluster_list = vec!["192.0.2.60".parse().unwrap()];
+    let r = to(true).export(&n, &from_client(&twice, 3, false)).unwrap();
+    assert_eq!(r.attrs.originator_id, Some("192.0.2.50".parse().unwrap()));
+    assert_eq!(
+        r.attrs.cluster_list,
+        ["192.0.2.99", "192.0.2.60"].map(|x| x.parse::<std::net::Ipv4Addr>().unwrap())
+    );
+    // Not to the peer it came from, nor to its originator.
+    assert!(to(true).export(&n, &from_client(&a, 7, true)).is_none());
+    let mut from_seven = a.clone();
+    from_seven.attrs.originator_id = Some("192.0.2.7".parse().unwrap());
+    assert!(
+        to(true)
+            .export(&n, &from_client(&from_seven, 3, true))
+            .is_none()
+    );
+    // To eBGP: no reflection attributes.
+    let r = exp(true, &all)
+        .export(&n, &from_client(&twice, 3, true))
+        .unwrap();
+    assert_eq!(r.attrs.originator_id, None);
+    assert!(r.attrs.cluster_list.is_empty());
+    // Our own routes to a client are not reflected.
+    let r = to(true).export(&n, &local(Source::PodCidrs, &a)).unwrap();
+    assert_eq!(r.attrs.originator_id, None);
+}
+
+#[test]
+fn a_route_with_our_cluster_id_is_refused() {
+    let p = ImportPolicy::default();
+    let cx = ctx(&p, &[], false);
+    let mut a = attrs(&[], &[], &[]);
+    a.attrs.cluster_list = vec!["192.0.2.1".parse().unwrap(), "192.0.2.99".parse().unwrap()];
+    assert_eq!(
+        cx.import(&"198.18.7.0/24".parse().unwrap(), &a),
+        Imported::Refused(Refusal::ClusterLoop)
+    );
 }
 
 #[test]

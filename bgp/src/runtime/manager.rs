@@ -61,6 +61,7 @@ pub(crate) async fn spawn(
         TableConfig {
             local_asn: cfg.asn,
             router_id: cfg.router_id,
+            cluster_id: cfg.cluster_id,
             max_paths: cfg.max_paths,
             sync_timeout_ms: cfg.sync_timeout.as_millis() as u64,
             stale_time_ms: stale_time as u64 * 1000,
@@ -201,6 +202,7 @@ impl Manager {
             name: cfg.name.clone(),
             address: cfg.address,
             ebgp: cfg.ebgp(self.cfg.asn),
+            rr_client: cfg.route_reflector_client,
             import: cfg.import.clone(),
             export: cfg.export.clone(),
         }

@@ -46,6 +46,8 @@ pub use msg::{LocalRoute, RibOutput};
 pub struct SpeakerConfig {
     pub asn: u32,
     pub router_id: Ipv4Addr,
+    /// Route reflection cluster id (RFC 4456 7); `None`: the router id.
+    pub cluster_id: Option<Ipv4Addr>,
     /// Where to accept sessions; empty: 0.0.0.0 and :: on `listen_port`.
     pub listen_addresses: Vec<IpAddr>,
     pub listen_port: u16,
@@ -99,6 +101,8 @@ pub struct PeerConfig {
     /// A liveness detector (BFD) watches this session: hold it in Idle until the detector
     /// reports Up through [`Speaker::set_liveness`] (RFC 9384 "strict" mode).
     pub liveness_required: bool,
+    /// A route reflection client (RFC 4456): iBGP routes are reflected to it and from it.
+    pub route_reflector_client: bool,
 }
 
 impl std::fmt::Debug for PeerConfig {
@@ -132,6 +136,7 @@ impl PeerConfig {
             connect_retry: 5,
             connect_retry_max: 60,
             liveness_required: false,
+            route_reflector_client: false,
             md5_key: None,
             multihop: None,
             gtsm: false,

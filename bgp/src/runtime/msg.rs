@@ -175,6 +175,9 @@ pub enum RibEvent {
         name: String,
         address: IpAddr,
         ebgp: bool,
+        /// A route reflection client of ours (RFC 4456).
+        #[serde(default)]
+        rr_client: bool,
         import: ImportPolicy,
         export: ExportPolicy,
     },

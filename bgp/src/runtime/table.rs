@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use super::msg::{LocalRoute, RibEvent, RibSnapshot};
 use crate::policy::{
     Candidate, Decision, ExportContext, ExportPolicy, ImportContext, ImportPolicy, Imported,
-    OutRoute, Source,
+    LearnedFrom, OutRoute, Source,
 };
 use crate::rib::adj_out::AdjRibOut;
 use crate::rib::intern::Interner;
@@ -29,6 +29,9 @@ use crate::wire::{Afi, NextHop, Origin, PathAttrs};
 pub struct TableConfig {
     pub local_asn: u32,
     pub router_id: std::net::Ipv4Addr,
+    /// Route reflection cluster id (RFC 4456); `None`: the router id.
+    #[serde(default)]
+    pub cluster_id: Option<std::net::Ipv4Addr>,
     pub max_paths: usize,
     /// How long to wait for the initial peers' End-of-RIB before declaring the table
     /// complete anyway.
@@ -83,6 +86,9 @@ struct Peer {
     name: String,
     address: IpAddr,
     ebgp: bool,
+    rr_client: bool,
+    /// From the peer's OPEN, once a session came up.
+    router_id: Option<std::net::Ipv4Addr>,
     import: ImportPolicy,
     export: ExportPolicy,
     /// 0 while no session is Established.
@@ -182,17 +188,22 @@ impl Table {
                 name,
                 address,
                 ebgp,
+                rr_client,
                 import,
                 export,
             } => {
                 let (import_changed, export_changed) = match self.peers.get_mut(&id) {
                     Some(p) => {
-                        let changed = (p.import != import, p.export != export);
+                        let changed = (
+                            p.import != import,
+                            p.export != export || p.rr_client != rr_client,
+                        );
                         p.import = import;
                         p.export = export;
                         p.name = name;
                         p.address = address;
                         p.ebgp = ebgp;
+                        p.rr_client = rr_client;
                         changed
                     }
                     None => {
@@ -202,6 +213,8 @@ impl Table {
                                 name,
                                 address,
                                 ebgp,
+                                rr_client,
+                                router_id: None,
                                 import,
                                 export,
                                 session: 0,
@@ -242,6 +255,7 @@ impl Table {
                     return;
                 };
                 p.session = session;
+                p.router_id = Some(router_id);
                 p.families = families.clone();
                 p.local_addresses = local_addresses;
                 p.tripped = false;
@@ -405,6 +419,7 @@ impl Table {
         ImportContext {
             local_asn: cfg.local_asn,
             router_id: cfg.router_id,
+            cluster_id: cfg.cluster_id.unwrap_or(cfg.router_id),
             ebgp: p.ebgp,
             own_prefixes: own,
             local_addresses: &p.local_addresses,
@@ -504,13 +519,23 @@ impl Table {
     ) -> Option<(Arc<OutRoute>, Source)> {
         let best = c.best()?;
         let from = (best.peer != LOCAL_PEER).then(|| {
-            let ibgp = peers.get(&best.peer).is_some_and(|q| !q.ebgp);
-            (best.peer, ibgp)
+            let q = peers.get(&best.peer);
+            LearnedFrom {
+                peer: best.peer,
+                ibgp: q.is_some_and(|q| !q.ebgp),
+                rr_client: q.is_some_and(|q| q.rr_client),
+                router_id: q
+                    .and_then(|q| q.router_id)
+                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            }
         });
         let cx = ExportContext {
             local_asn: cfg.local_asn,
             peer: to,
             ebgp: p.ebgp,
+            rr_client: p.rr_client,
+            router_id: p.router_id,
+            cluster_id: cfg.cluster_id.unwrap_or(cfg.router_id),
             policy: &p.export,
         };
         let r = cx.export(
