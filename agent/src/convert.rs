@@ -179,9 +179,27 @@ pub fn originate(cfg: &Config) -> Vec<LocalRoute> {
 }
 
 pub fn peers(cfg: &Config) -> anyhow::Result<Vec<PeerConfig>> {
-    cfg.peers
+    cfg.peers.iter().map(peer).collect()
+}
+
+/// The peer ranges (dynamic peers), each with its template as a speaker peer.
+pub fn peer_ranges(cfg: &Config) -> anyhow::Result<Vec<petrel_bgp::PeerRange>> {
+    cfg.peer_ranges
         .iter()
-        .map(|p| {
+        .map(|r| {
+            Ok(petrel_bgp::PeerRange {
+                name: r.name.clone(),
+                range: r.range,
+                max_peers: r.max_peers,
+                template: peer(&r.template)?,
+            })
+        })
+        .collect()
+}
+
+fn peer(p: &petrel_config::PeerConfig) -> anyhow::Result<PeerConfig> {
+    {
+        {
             let md5_key = match &p.password_file {
                 Some(f) => Some(read_key(f).with_context(|| format!("peer {}", p.name))?),
                 None => None,
@@ -217,8 +235,8 @@ pub fn peers(cfg: &Config) -> anyhow::Result<Vec<PeerConfig>> {
                 liveness_required: p.bfd.is_some_and(|b| b.strict),
                 route_reflector_client: p.route_reflector_client,
             })
-        })
-        .collect()
+        }
+    }
 }
 
 #[cfg(test)]

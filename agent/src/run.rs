@@ -213,6 +213,10 @@ async fn serve(opts: RunOpts, cfg: Config, started: Started) -> anyhow::Result<(
     )
     .await
     .context("start the BGP speaker")?;
+    speaker
+        .set_peer_ranges(convert::peer_ranges(&cfg)?)
+        .await
+        .context("set the peer ranges")?;
     let bfd = crate::bfd::Bfd::start();
     bfd.apply(&cfg.peers, &speaker).await;
     // In Kubernetes mode the node's name is known before anything answers on the socket.
@@ -392,6 +396,10 @@ async fn reload(path: &Path, old: &Config, agent: &Agent) -> anyhow::Result<Conf
         warn!("fib, control and bgp settings take effect at the next restart");
     }
     agent.speaker.set_peers(convert::peers(&new)?).await?;
+    agent
+        .speaker
+        .set_peer_ranges(convert::peer_ranges(&new)?)
+        .await?;
     agent.bfd.apply(&new.peers, &agent.speaker).await;
     agent.bfd.reassert(&agent.speaker).await;
     if let (PodCidrs::Static(a), PodCidrs::Static(b)) = (&old.node.pod_cidrs, &new.node.pod_cidrs)

@@ -19,6 +19,6 @@ pub mod wire;
 
 pub use policy::Source;
 pub use runtime::{
-    BySource, GracefulRestart, LocalRoute, PeerConfig, PeerStatus, RibOutput, Speaker,
+    BySource, GracefulRestart, LocalRoute, PeerConfig, PeerRange, PeerStatus, RibOutput, Speaker,
     SpeakerConfig, SpeakerStatus,
 };

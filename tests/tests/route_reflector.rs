@@ -278,3 +278,131 @@ fn petrel_reflects_between_bird_frr_and_gobgp_as_a_redundant_pair() {
     check(1);
     drop(rr2);
 }
+
+/// Dynamic peers: four BIRD clients on a LAN connect to a Petrel reflector that knows
+/// only their range (`peer_ranges`, max 3). Three are taken, each appears in status as
+/// `clients/ADDRESS`, and each holds the other two's prefixes; the fourth is refused.
+/// When one client stops, its peer disappears with its routes, and the fourth gets in.
+#[test]
+fn dynamic_peers_from_a_range_with_a_cap() {
+    let dir = TestDir::new("rr-dyn");
+    let lan = Netns::new("lan");
+    bridge(&lan, "br0", &[]);
+    let rr = Netns::new("rr");
+    plug(&lan, "br0", &rr, &["198.18.0.1/15"]);
+    let mut birds = Vec::new();
+    for i in 2..6u8 {
+        let ns = Netns::new(&format!("c{i}"));
+        plug(&lan, "br0", &ns, &[&format!("198.18.0.{i}/15")]);
+        let conf = format!(
+            "router id 198.18.0.{i};\nprotocol device {{}}\nprotocol static {{ ipv4; route 10.20.{i}.0/24 blackhole; }}\nprotocol bgp refl {{ local as 65000; neighbor 198.18.0.1 as 65000; direct; hold time 9; {} ipv4 {{ import all; export where source = RTS_STATIC; }}; }}\n",
+            bird::FAST
+        );
+        let b = Bird::start(&ns, &dir, &format!("bird{i}"), &conf);
+        birds.push((i, ns, Some(b)));
+    }
+    let p = Petrel::start(
+        &rr,
+        &dir,
+        "petrel",
+        "node: { asn: 65000, router_id: 198.18.0.1, pod_cidrs: [10.244.1.0/24] }\nbgp:\n  cluster_id: 198.18.0.1\n  graceful_restart: { enabled: false }\npeer_ranges:\n  - { name: clients, range: 198.18.0.0/15, asn: 65000, route_reflector_client: true, max_peers: 3, hold_time: 30 }\n",
+    );
+    let established = |p: &Petrel| -> Vec<String> {
+        p.status()["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["state"] == "Established")
+            .filter_map(|v| v["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let three = wait_until_or(
+        "three dynamic peers Established",
+        T,
+        || {
+            let e = established(&p);
+            (e.len() == 3).then_some(e)
+        },
+        || p.status().to_string(),
+    );
+    assert!(
+        three.iter().all(|n| n.starts_with("clients/198.18.0.")),
+        "{three:?}"
+    );
+    wait_until_or(
+        "the fourth refused",
+        T,
+        || {
+            p.log_text()
+                .contains("connection refused: the range has its maximum of peers")
+                .then_some(())
+        },
+        || p.status().to_string(),
+    );
+    let inside = |i: &u8| three.contains(&format!("clients/198.18.0.{i}"));
+    let (ins, out): (Vec<u8>, Vec<u8>) = (2..6u8).partition(inside);
+    let holds = |b: &Bird, i: u8| b.has_route(&format!("10.20.{i}.0/24"));
+    for (i, _, b) in &birds {
+        if !ins.contains(i) {
+            continue;
+        }
+        let b = b.as_ref().unwrap();
+        for j in &ins {
+            if j != i {
+                wait_until_or(
+                    &format!("client {i} holds client {j}'s prefix"),
+                    T,
+                    || holds(b, *j).then_some(()),
+                    || b.birdc("show route all"),
+                );
+            }
+        }
+        assert!(!holds(b, out[0]), "nothing from the refused client");
+    }
+
+    // One client stops: its peer and its prefix go, and the refused one comes in.
+    let gone = ins[0];
+    let idx = birds.iter().position(|(i, _, _)| *i == gone).unwrap();
+    birds[idx].2 = None;
+    let name = format!("clients/198.18.0.{gone}");
+    wait_until_or(
+        "the stopped client's peer gone from status",
+        T,
+        || {
+            let s = p.status();
+            let names: Vec<&str> = s["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v["name"].as_str())
+                .collect();
+            (!names.contains(&name.as_str())).then_some(())
+        },
+        || p.status().to_string(),
+    );
+    assert!(
+        p.route(&format!("10.20.{gone}.0/24")).is_none(),
+        "its routes went with it"
+    );
+    let fourth = format!("clients/198.18.0.{}", out[0]);
+    wait_until_or(
+        "the fourth client taken once there is room",
+        T,
+        || established(&p).contains(&fourth).then_some(()),
+        || p.status().to_string(),
+    );
+    let other = ins[1];
+    let b = birds
+        .iter()
+        .find(|(i, _, _)| *i == other)
+        .unwrap()
+        .2
+        .as_ref()
+        .unwrap();
+    wait_until_or(
+        "a remaining client holds the newcomer's prefix and not the gone one's",
+        T,
+        || (holds(b, out[0]) && !holds(b, gone)).then_some(()),
+        || b.birdc("show route all"),
+    );
+}

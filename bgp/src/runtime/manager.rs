@@ -21,7 +21,8 @@ use super::peer::{PeerHandle, PeerTask};
 use super::rib_task::RibTask;
 use super::sockopt;
 use super::table::TableConfig;
-use super::{Error, PeerConfig, SpeakerConfig};
+use super::{Error, PeerConfig, PeerRange, SpeakerConfig};
+use crate::fsm::State;
 use crate::policy::Source;
 use crate::rib::PeerId;
 use crate::wire::{NotificationMsg, codes};
@@ -40,6 +41,14 @@ struct Manager {
     listeners: Vec<Listener>,
     rib: mpsc::Sender<RibInput>,
     board: Arc<Board>,
+    ranges: Vec<PeerRange>,
+    /// The dynamic peers among `peers`, by name.
+    dynamic: HashMap<String, Dynamic>,
+}
+
+struct Dynamic {
+    range: String,
+    since: tokio::time::Instant,
 }
 
 pub(crate) async fn spawn(
@@ -80,6 +89,8 @@ pub(crate) async fn spawn(
         listeners,
         rib,
         board,
+        ranges: Vec::new(),
+        dynamic: HashMap::new(),
     };
     m.rib(RibEvent::NodeAddresses {
         addresses: m.cfg.node_addresses.clone(),
@@ -261,8 +272,11 @@ impl Manager {
     ) {
         let board = self.board.clone();
         let _alive = AliveGuard(&board.manager_alive);
+        let mut reap = tokio::time::interval(Duration::from_secs(1));
+        reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = reap.tick(), if !self.dynamic.is_empty() => self.reap_dynamic().await,
                 cmd = cmds.recv() => {
                     let Some(cmd) = cmd else { break };
                     if self.command(cmd).await {
@@ -279,16 +293,114 @@ impl Manager {
 
     async fn incoming(&mut self, stream: TcpStream, addr: SocketAddr) {
         let ip = canonical(addr.ip());
-        match self.peers.values().find(|p| p.cfg.address == ip) {
-            Some(p) => {
-                let _ = p.cmd.send(PeerCmd::Incoming(stream)).await;
-            }
-            None => {
-                // Unknown source: refuse without a word (no OPEN, no NOTIFICATION).
-                warn!(%addr, "connection from an unknown address refused");
-                drop(stream);
+        if let Some(p) = self.peers.values().find(|p| p.cfg.address == ip) {
+            let _ = p.cmd.send(PeerCmd::Incoming(stream)).await;
+            return;
+        }
+        let Some(range) = self.ranges.iter().find(|r| r.range.contains(&ip)) else {
+            // Unknown source: refuse without a word (no OPEN, no NOTIFICATION).
+            warn!(%addr, "connection from an unknown address refused");
+            return;
+        };
+        let count = self
+            .dynamic
+            .values()
+            .filter(|d| d.range == range.name)
+            .count();
+        if count >= range.max_peers as usize {
+            warn!(%addr, range = %range.name, max = range.max_peers, "connection refused: the range has its maximum of peers");
+            return;
+        }
+        let mut cfg = range.template.clone();
+        cfg.name = format!("{}/{}", range.name, ip);
+        cfg.address = ip;
+        cfg.passive = true;
+        let name = cfg.name.clone();
+        info!(peer = %name, range = %range.name, "dynamic peer");
+        self.dynamic.insert(
+            name.clone(),
+            Dynamic {
+                range: range.name.clone(),
+                since: tokio::time::Instant::now(),
+            },
+        );
+        self.add_peer(cfg).await;
+        if let Some(p) = self.peers.get(&name) {
+            let _ = p.cmd.send(PeerCmd::Incoming(stream)).await;
+        }
+    }
+
+    /// Dynamic peers whose session ended (or never came up within a minute) and of which
+    /// no stale route is kept go, with their routes.
+    async fn reap_dynamic(&mut self) {
+        let stale: HashMap<PeerId, u64> = self
+            .board
+            .rib
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .peers
+            .iter()
+            .map(|(id, (c, _))| (*id, c.stale))
+            .collect();
+        let mut gone = Vec::new();
+        for (name, d) in &self.dynamic {
+            let Some(h) = self.peers.get(name) else {
+                gone.push(name.clone());
+                continue;
+            };
+            let (state, ever_up) = {
+                let s = h.shared.status.lock().unwrap_or_else(|e| e.into_inner());
+                (s.state, s.established_count > 0)
+            };
+            let waited = d.since.elapsed() > Duration::from_secs(60);
+            if state != State::Established
+                && (ever_up || waited)
+                && stale.get(&h.id).copied().unwrap_or(0) == 0
+            {
+                gone.push(name.clone());
             }
         }
+        for name in gone {
+            info!(peer = %name, "dynamic peer gone: its session ended");
+            self.dynamic.remove(&name);
+            self.stop_peer(
+                &name,
+                NotificationMsg::cease(codes::cease::PEER_DECONFIGURED),
+                true,
+            )
+            .await;
+        }
+    }
+
+    async fn set_ranges(&mut self, ranges: Vec<PeerRange>) {
+        let gone: Vec<String> = self
+            .dynamic
+            .iter()
+            .filter(|(name, d)| {
+                let Some(h) = self.peers.get(*name) else {
+                    return true;
+                };
+                match ranges.iter().find(|r| r.name == d.range) {
+                    None => true,
+                    Some(r) => {
+                        let before = self.ranges.iter().find(|o| o.name == d.range);
+                        !r.range.contains(&h.cfg.address) || before != Some(r)
+                    }
+                }
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            info!(peer = %name, "dynamic peer's range changed or removed");
+            self.dynamic.remove(&name);
+            self.stop_peer(
+                &name,
+                NotificationMsg::cease(codes::cease::PEER_DECONFIGURED),
+                true,
+            )
+            .await;
+        }
+        self.ranges = ranges;
     }
 
     /// Returns true when the manager must stop.
@@ -296,6 +408,10 @@ impl Manager {
         match cmd {
             SpeakerCmd::SetPeers(new, done) => {
                 self.set_peers(new).await;
+                let _ = done.send(());
+            }
+            SpeakerCmd::SetRanges(ranges, done) => {
+                self.set_ranges(ranges).await;
                 let _ = done.send(());
             }
             SpeakerCmd::SetLocal {
@@ -360,10 +476,11 @@ impl Manager {
             keep.insert(p.name.clone(), p.clone());
         }
         // Removed peers: Cease, peer de-configured (RFC 4486).
+        // Dynamic peers are not in the list: their ranges are.
         let gone: Vec<String> = self
             .peers
             .keys()
-            .filter(|n| !keep.contains_key(*n))
+            .filter(|n| !keep.contains_key(*n) && !self.dynamic.contains_key(*n))
             .cloned()
             .collect();
         for name in gone {

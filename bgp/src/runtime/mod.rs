@@ -72,6 +72,18 @@ pub struct GracefulRestart {
     pub restarting: bool,
 }
 
+/// Dynamic peers (`peer_ranges`): a session from any address in `range` is accepted as a
+/// peer named `NAME/ADDRESS` with the settings of `template` (passive, its address the
+/// caller's), at most `max_peers` at once. It goes, with its routes, once its session has
+/// ended and no stale routes of it are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRange {
+    pub name: String,
+    pub range: IpNet,
+    pub max_peers: u32,
+    pub template: PeerConfig,
+}
+
 /// One neighbour as the speaker sees it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PeerConfig {
@@ -320,6 +332,13 @@ impl Speaker {
     /// import or export policy alone is applied without a reset.
     pub async fn set_peers(&self, peers: Vec<PeerConfig>) -> Result<(), Error> {
         self.ask(|tx| SpeakerCmd::SetPeers(peers, tx)).await
+    }
+
+    /// Apply new peer ranges: dynamic peers of a range that is gone, no longer holds their
+    /// address or whose settings changed are stopped (Cease, peer de-configured; a changed
+    /// range takes them back at once when they reconnect).
+    pub async fn set_peer_ranges(&self, ranges: Vec<PeerRange>) -> Result<(), Error> {
+        self.ask(|tx| SpeakerCmd::SetRanges(ranges, tx)).await
     }
 
     /// Replace the routes of one local source (pod CIDRs, `originate`, Services): only the

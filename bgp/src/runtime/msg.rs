@@ -48,6 +48,8 @@ use super::{PeerConfig, PeerStatus};
 /// sender waits when it is full (the manager never waits on the handle).
 pub(crate) enum SpeakerCmd {
     SetPeers(Vec<PeerConfig>, oneshot::Sender<()>),
+    /// Replace the peer ranges (dynamic peers); answered once applied.
+    SetRanges(Vec<super::PeerRange>, oneshot::Sender<()>),
     /// Replace one local source's routes; answered once the changes are written to every
     /// peer's socket (or its session is gone).
     SetLocal {
