@@ -24,7 +24,7 @@ ROOT=$(cd "$HERE/.." && pwd)
 [ "$(id -u)" = 0 ] || { echo "scale-rr.sh: run as root" >&2; exit 1; }
 command -v bird >/dev/null || { echo "scale-rr.sh: needs bird (bird2)" >&2; exit 1; }
 cargo build --release -q -p petrel --manifest-path "$ROOT/Cargo.toml" >&2
-PETREL="$ROOT/target/release/petrel"
+PETREL=${PETREL:-$ROOT/target/release/petrel}
 SIZES=("$@"); [ ${#SIZES[@]} -eq 0 ] && SIZES=(100 1000)
 SUTS=${SUTS:-petrel bird}
 ID=srr$$

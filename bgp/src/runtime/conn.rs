@@ -55,7 +55,11 @@ impl Conn {
         let last_rx = Arc::new(AtomicU64::new(now_ms()));
         let rx_stamp = last_rx.clone();
         let reader = tokio::spawn(async move {
-            let mut buf = BytesMut::with_capacity(64 * 1024);
+            // Small while the peer is quiet (a thousand idle sessions are a thousand
+            // buffers), large while it streams: the next buffer is 64 KiB after a read that
+            // filled the space it had, 4 KiB otherwise.
+            let mut buf = BytesMut::with_capacity(4096);
+            let mut streaming = false;
             loop {
                 // Hand out every whole message already buffered.
                 loop {
@@ -74,10 +78,13 @@ impl Conn {
                         }
                     }
                 }
-                if buf.capacity() - buf.len() < 8192 {
-                    buf.reserve(64 * 1024);
+                let room = if streaming { 64 * 1024 } else { 4096 };
+                if buf.capacity() - buf.len() < room / 2 {
+                    buf.reserve(room);
                 }
+                let space = buf.capacity() - buf.len();
                 let read = rd.read_buf(&mut buf).await;
+                streaming = matches!(read, Ok(n) if n == space);
                 // ACK at once: a sender with Nagle's algorithm on (BIRD, for one) holds the
                 // short tail segment of each message until our ACK comes back, and a delayed
                 // ACK would stall every UPDATE for milliseconds. Quick-ACK mode is not

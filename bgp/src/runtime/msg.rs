@@ -393,6 +393,12 @@ impl OutQueue {
                 b.end_of_rib.push(afi);
             }
         }
+        // A burst leaves the mailbox's tables at their peak size, once per peer: give that
+        // back once drained (with a thousand peers, a thousand such tables).
+        if s.order.is_empty() && s.latest.capacity() > 64 {
+            s.order = VecDeque::new();
+            s.latest = HashMap::new();
+        }
         s.fire_barriers(&mut b.written);
         if b.routes.is_empty() && b.end_of_rib.is_empty() && b.written.is_empty() {
             return None;

@@ -24,6 +24,9 @@ use crate::rib::{PeerId, RibChange};
 
 /// Most Loc-RIB changes in one batch for the consumer.
 const BATCH: usize = 16 * 1024;
+/// Most peer changes (one per peer and prefix) gathered before they go to the mailboxes:
+/// with a thousand peers, one slice of events makes a thousand times its changes.
+const PEER_BATCH: usize = 64 * 1024;
 /// Most time spent on events before looking at queries and the consumer again.
 const SLICE: Duration = Duration::from_millis(50);
 
@@ -123,7 +126,10 @@ impl RibTask {
                     self.input(ev, &mut out);
                     // Whatever else is already queued, within a time slice: fewer, larger
                     // batches for the consumer, and queries still answered promptly.
-                    while out.fib.len() < BATCH && started.elapsed() < SLICE {
+                    while out.fib.len() < BATCH
+                        && out.peers.len() < PEER_BATCH
+                        && started.elapsed() < SLICE
+                    {
                         match rx.try_recv() {
                             Ok(ev) => self.input(ev, &mut out),
                             Err(_) => break,

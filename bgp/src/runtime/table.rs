@@ -19,7 +19,7 @@ use crate::policy::{
     Candidate, Decision, ExportContext, ExportPolicy, ImportContext, ImportPolicy, Imported,
     LearnedFrom, OutRoute, Source,
 };
-use crate::rib::adj_out::AdjRibOut;
+use crate::rib::adj_out::{GroupRoute, OutChange, UpdateGroup};
 use crate::rib::intern::Interner;
 use crate::rib::{LOCAL_PEER, PeerId, PeerInfo, Rib, RibChange, RouteAttrs, Verdict};
 use crate::wire::{Afi, NextHop, Origin, PathAttrs};
@@ -95,9 +95,35 @@ struct Peer {
     session: u64,
     families: Vec<Afi>,
     local_addresses: Vec<IpAddr>,
-    out: AdjRibOut,
+    /// The update group its Established session is in.
+    group: Option<u32>,
     tripped: bool,
 }
+
+/// What makes peers export alike: the peers of one update group share it.
+#[derive(Debug, Clone, PartialEq)]
+struct GroupKey {
+    ebgp: bool,
+    rr_client: bool,
+    families: Vec<Afi>,
+    export: ExportPolicy,
+}
+
+impl GroupKey {
+    fn of(p: &Peer) -> GroupKey {
+        let mut families = p.families.clone();
+        families.sort();
+        GroupKey {
+            ebgp: p.ebgp,
+            rr_client: p.rr_client,
+            families,
+            export: p.export.clone(),
+        }
+    }
+}
+
+/// Stands for "any member" while a group's export is computed: no peer has this id.
+const ANY_MEMBER: PeerId = u32::MAX - 1;
 
 pub struct Table {
     cfg: TableConfig,
@@ -105,6 +131,9 @@ pub struct Table {
     peers: HashMap<PeerId, Peer>,
     attrs: Interner<RouteAttrs>,
     routes: Interner<OutRoute>,
+    /// Update groups by id, with what their members share.
+    groups: HashMap<u32, (GroupKey, UpdateGroup)>,
+    next_group: u32,
     /// Deadline (ms) for each restarting peer's stale routes.
     stale_deadline: HashMap<PeerId, u64>,
     /// Initial peers whose End-of-RIB we still wait for, with the families left (`None`:
@@ -126,6 +155,8 @@ impl Table {
             peers: HashMap::new(),
             attrs: Interner::default(),
             routes: Interner::default(),
+            groups: HashMap::new(),
+            next_group: 0,
             stale_deadline: HashMap::new(),
             sync_waiting: cfg.initial_peers.iter().map(|p| (*p, None)).collect(),
             sync_deadline: Some(now + cfg.sync_timeout_ms),
@@ -220,7 +251,7 @@ impl Table {
                                 session: 0,
                                 families: Vec::new(),
                                 local_addresses: Vec::new(),
-                                out: AdjRibOut::default(),
+                                group: None,
                                 tripped: false,
                             },
                         );
@@ -238,6 +269,7 @@ impl Table {
             RibEvent::PeerRemoved { id } => {
                 self.rib.peer_down(id, &[], &mut changes);
                 self.rib.sweep_stale(id, None, &mut changes);
+                self.leave_group(id);
                 self.peers.remove(&id);
                 self.stale_deadline.remove(&id);
                 self.sync_waiting.remove(&id);
@@ -301,9 +333,9 @@ impl Table {
                     self.stale_deadline
                         .insert(id, now + (stale_for.max(1) as u64) * 1000);
                 }
+                self.leave_group(id);
                 if let Some(p) = self.peers.get_mut(&id) {
                     p.session = 0;
-                    p.out.clear();
                 }
                 out.peers.push(PeerOut::Reset { id, session: 0 });
             }
@@ -335,10 +367,9 @@ impl Table {
             RibEvent::RouteRefresh { id, afi } => {
                 if let Some(p) = self.peers.get(&id)
                     && p.session != 0
+                    && let Some((_, g)) = p.group.and_then(|g| self.groups.get(&g))
                 {
-                    let mut all = p.out.family(afi == Afi::Ipv6);
-                    all.sort_by_key(|(prefix, _)| *prefix);
-                    for (prefix, route) in all {
+                    for (prefix, route) in g.family(id, afi == Afi::Ipv6) {
                         out.peers.push(PeerOut::Route { id, prefix, route });
                     }
                     // RFC 7313 is not negotiated: the refresh is just the routes again.
@@ -508,17 +539,18 @@ impl Table {
         }
     }
 
-    /// What peer `to` should have for a Loc-RIB selection (`None`: nothing).
-    fn export_one(
+    /// What the members of a group with `key` should have for a Loc-RIB selection
+    /// (`None`: nothing); which members get it is [`GroupRoute::for_member`]'s to say.
+    fn export_group(
         cfg: &TableConfig,
         peers: &HashMap<PeerId, Peer>,
         routes: &mut Interner<OutRoute>,
-        to: PeerId,
-        p: &Peer,
+        key: &GroupKey,
         c: &RibChange,
-    ) -> Option<(Arc<OutRoute>, Source)> {
+    ) -> Option<GroupRoute> {
         let best = c.best()?;
-        let from = (best.peer != LOCAL_PEER).then(|| {
+        let learned = best.peer != LOCAL_PEER;
+        let from = learned.then(|| {
             let q = peers.get(&best.peer);
             LearnedFrom {
                 peer: best.peer,
@@ -531,12 +563,12 @@ impl Table {
         });
         let cx = ExportContext {
             local_asn: cfg.local_asn,
-            peer: to,
-            ebgp: p.ebgp,
-            rr_client: p.rr_client,
-            router_id: p.router_id,
+            peer: ANY_MEMBER,
+            ebgp: key.ebgp,
+            rr_client: key.rr_client,
+            router_id: None,
             cluster_id: cfg.cluster_id.unwrap_or(cfg.router_id),
-            policy: &p.export,
+            policy: &key.export,
         };
         let r = cx.export(
             &c.prefix,
@@ -546,78 +578,139 @@ impl Table {
                 from,
             },
         )?;
-        Some((routes.intern(r), best.source))
+        Some(GroupRoute {
+            route: routes.intern(r),
+            source: best.source,
+            from: learned.then_some(best.peer),
+        })
     }
 
-    /// Loc-RIB changes out: to the FIB, and through each Established peer's export.
+    /// Loc-RIB changes out: to the FIB, and through each update group's export to its
+    /// members.
     fn publish(&mut self, changes: Vec<RibChange>, out: &mut Outputs) {
         if changes.is_empty() {
             return;
         }
-        let mut ids: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.session != 0)
-            .map(|(id, _)| *id)
-            .collect();
+        let Table {
+            cfg,
+            peers,
+            routes,
+            groups,
+            ..
+        } = self;
+        let mut ids: Vec<u32> = groups.keys().copied().collect();
         ids.sort();
-        for id in ids {
+        for gid in ids {
+            let Some((key, g)) = groups.get_mut(&gid) else {
+                continue;
+            };
             for c in &changes {
-                let Some(p) = self.peers.get(&id) else { break };
-                if !p.families.contains(&Afi::of(&c.prefix)) {
+                if !key.families.contains(&Afi::of(&c.prefix)) {
                     continue;
                 }
-                let want = Self::export_one(&self.cfg, &self.peers, &mut self.routes, id, p, c);
-                if let Some(p) = self.peers.get_mut(&id)
-                    && let Some((prefix, route)) = p.out.set(c.prefix, want)
-                {
-                    out.peers.push(PeerOut::Route { id, prefix, route });
-                }
+                let want = Self::export_group(cfg, peers, routes, key, c);
+                g.set(c.prefix, want, &mut |id, (prefix, route)| {
+                    out.peers.push(PeerOut::Route { id, prefix, route })
+                });
             }
         }
         out.fib.extend(changes);
     }
 
-    /// Give peer `id` everything export allows, from the whole Loc-RIB (session start, or
-    /// an export policy change).
+    /// Take peer `id` out of its update group; a group left empty goes.
+    fn leave_group(&mut self, id: PeerId) {
+        let Some(gid) = self.peers.get_mut(&id).and_then(|p| p.group.take()) else {
+            return;
+        };
+        if let Some((_, g)) = self.groups.get_mut(&gid) {
+            g.leave(id);
+            if !g.has_members() {
+                self.groups.remove(&gid);
+            }
+        }
+    }
+
+    /// Put peer `id` in the update group of its export (made, from the whole Loc-RIB, if
+    /// none has it yet); what it now has.
+    fn join_group(&mut self, id: PeerId) -> Vec<OutChange> {
+        let Some(p) = self.peers.get(&id) else {
+            return Vec::new();
+        };
+        let key = GroupKey::of(p);
+        let router_id = p.router_id;
+        let found = self
+            .groups
+            .iter()
+            .filter(|(_, (k, _))| *k == key)
+            .map(|(gid, _)| *gid)
+            .min();
+        let gid = match found {
+            Some(gid) => gid,
+            None => {
+                let mut table = HashMap::new();
+                for afi in &key.families {
+                    for c in self.rib.selected(*afi) {
+                        if let Some(r) =
+                            Self::export_group(&self.cfg, &self.peers, &mut self.routes, &key, &c)
+                        {
+                            table.insert(c.prefix, r);
+                        }
+                    }
+                }
+                let gid = self.next_group;
+                self.next_group += 1;
+                self.groups.insert(gid, (key, UpdateGroup::new(table)));
+                gid
+            }
+        };
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.group = Some(gid);
+        }
+        match self.groups.get_mut(&gid) {
+            Some((_, g)) => g.join(id, router_id),
+            None => Vec::new(),
+        }
+    }
+
+    /// Give peer `id` everything export allows (session start, or an export policy
+    /// change: it may move to another update group; only the difference is sent).
     fn full_export(&mut self, id: PeerId, out: &mut Outputs) {
         let Some(p) = self.peers.get(&id) else { return };
         if p.session == 0 {
             return;
         }
-        let families = p.families.clone();
-        let mut wanted: HashMap<IpNet, (Arc<OutRoute>, Source)> = HashMap::new();
-        for afi in families {
-            for c in self.rib.selected(afi) {
-                if let Some(w) =
-                    Self::export_one(&self.cfg, &self.peers, &mut self.routes, id, p, &c)
-                {
-                    wanted.insert(c.prefix, w);
-                }
-            }
-        }
-        let Some(p) = self.peers.get_mut(&id) else {
-            return;
-        };
-        // What the peer has and should no longer have.
-        let mut gone: Vec<IpNet> = p
-            .out
-            .family(false)
-            .into_iter()
-            .chain(p.out.family(true))
-            .map(|(prefix, _)| prefix)
-            .filter(|prefix| !wanted.contains_key(prefix))
+        let had: HashMap<IpNet, Arc<OutRoute>> = p
+            .group
+            .and_then(|g| self.groups.get(&g))
+            .map(|(_, g)| {
+                g.family(id, false)
+                    .into_iter()
+                    .chain(g.family(id, true))
+                    .filter_map(|(p, r)| Some((p, r?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.leave_group(id);
+        let now = self.join_group(id);
+        let mut gone: Vec<IpNet> = had
+            .keys()
+            .filter(|p| !now.iter().any(|(q, _)| q == *p))
+            .copied()
             .collect();
         gone.sort();
         for prefix in gone {
-            if let Some((prefix, route)) = p.out.set(prefix, None) {
-                out.peers.push(PeerOut::Route { id, prefix, route });
-            }
+            out.peers.push(PeerOut::Route {
+                id,
+                prefix,
+                route: None,
+            });
         }
-        let mut wanted: Vec<_> = wanted.into_iter().collect();
-        wanted.sort_by_key(|(prefix, _)| *prefix);
-        for (prefix, w) in wanted {
-            if let Some((prefix, route)) = p.out.set(prefix, Some(w)) {
+        for (prefix, route) in now {
+            let same = match (had.get(&prefix), &route) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || **a == **b,
+                _ => false,
+            };
+            if !same {
                 out.peers.push(PeerOut::Route { id, prefix, route });
             }
         }
@@ -649,11 +742,13 @@ impl Table {
                 .peers
                 .iter()
                 .map(|(id, p)| {
+                    let g = p.group.and_then(|g| self.groups.get(&g)).map(|(_, g)| g);
+                    let a = |s| g.map_or(0, |g| g.advertised(*id, s));
                     let adv = [
-                        p.out.advertised(Source::PodCidrs),
-                        p.out.advertised(Source::Services),
-                        p.out.advertised(Source::Originate),
-                        p.out.advertised(Source::Learned),
+                        a(Source::PodCidrs),
+                        a(Source::Services),
+                        a(Source::Originate),
+                        a(Source::Learned),
                     ];
                     (*id, (self.rib.counts(*id), adv))
                 })
