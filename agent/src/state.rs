@@ -155,6 +155,7 @@ impl Agent {
                     keepalive: p.keepalive,
                     families: p.families.iter().map(|f| f.to_string()).collect(),
                     graceful_restart: p.graceful_restart,
+                    route_reflector_client: p.route_reflector_client,
                     messages_in: p.messages_in,
                     messages_out: p.messages_out,
                     updates_in: p.updates_in,

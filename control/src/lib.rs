@@ -97,6 +97,9 @@ pub struct PeerView {
     pub keepalive: Option<u16>,
     pub families: Vec<String>,
     pub graceful_restart: bool,
+    /// A route reflection client of ours (RFC 4456).
+    #[serde(default)]
+    pub route_reflector_client: bool,
     pub messages_in: u64,
     pub messages_out: u64,
     pub updates_in: u64,

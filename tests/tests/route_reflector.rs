@@ -329,6 +329,7 @@ fn dynamic_peers_from_a_range_with_a_cap() {
         three.iter().all(|n| n.starts_with("clients/198.18.0.")),
         "{three:?}"
     );
+    assert_eq!(p.peer(&three[0])["route_reflector_client"], true);
     wait_until_or(
         "the fourth refused",
         T,

@@ -217,6 +217,8 @@ pub struct PeerStatus {
     pub keepalive: Option<u16>,
     pub families: Vec<Afi>,
     pub graceful_restart: bool,
+    /// A route reflection client of ours.
+    pub route_reflector_client: bool,
     pub prefixes: PeerCounts,
     /// Refused by import policy, per reason.
     pub refused: Vec<(Refusal, u64)>,
@@ -248,6 +250,7 @@ impl PeerStatus {
             keepalive: None,
             families: Vec::new(),
             graceful_restart: false,
+            route_reflector_client: cfg.route_reflector_client,
             prefixes: PeerCounts::default(),
             refused: Vec::new(),
             advertised: 0,
