@@ -528,13 +528,25 @@ protocol bgp petrel {{
     bfd_down_at_routers(&b, &frr);
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
+    // Back, and settled: the reset of BIRD's session that follows the stall comes a moment
+    // after the agent runs again, so both sessions must stay up for two seconds in a row
+    // (and BIRD's route be in the FIB) before the traffic through BIRD starts.
+    let stall = stall_at.elapsed();
+    let mut up_since: Option<Instant> = None;
     wait_until_or(
-        "both sessions back with BFD Up after the stall",
+        "both sessions back and steady with BFD Up after the stall",
         T,
-        || (all_up(&p) && frr_bfd_up(&frr)).then_some(()),
+        || {
+            if all_up(&p) && frr_bfd_up(&frr) && fib_has(&n.name, "198.18.1.0/24") {
+                let t = *up_since.get_or_insert_with(Instant::now);
+                (t.elapsed() > Duration::from_secs(2)).then_some(())
+            } else {
+                up_since = None;
+                None
+            }
+        },
         || p.status().to_string(),
     );
-    let stall = stall_at.elapsed();
     assert_eq!(
         dropped(&frr),
         dropped_before,
