@@ -351,7 +351,11 @@ fn node(cx: &mut Ctx<'_>, raw: &Spanned<RawNode>) -> NodeConfig {
                 out.push(net);
             }
             if list.value.is_empty() {
-                cx.err(list.referenced, "pod_cidrs is empty");
+                // A node that only routes (a route reflector, say) has no pods of its own.
+                cx.warn(
+                    list.referenced,
+                    "pod_cidrs is empty: this node announces no pod CIDR (fine for a route reflector)",
+                );
             }
             PodCidrs::Static(out)
         }

@@ -283,6 +283,7 @@ fn petrel_reflects_between_bird_frr_and_gobgp_as_a_redundant_pair() {
 /// only their range (`peer_ranges`, max 3). Three are taken, each appears in status as
 /// `clients/ADDRESS`, and each holds the other two's prefixes; the fourth is refused.
 /// When one client stops, its peer disappears with its routes, and the fourth gets in.
+/// The reflector runs no pods: `pod_cidrs: []`.
 #[test]
 fn dynamic_peers_from_a_range_with_a_cap() {
     let dir = TestDir::new("rr-dyn");
@@ -305,7 +306,7 @@ fn dynamic_peers_from_a_range_with_a_cap() {
         &rr,
         &dir,
         "petrel",
-        "node: { asn: 65000, router_id: 198.18.0.1, pod_cidrs: [10.244.1.0/24] }\nbgp:\n  cluster_id: 198.18.0.1\n  graceful_restart: { enabled: false }\npeer_ranges:\n  - { name: clients, range: 198.18.0.0/15, asn: 65000, route_reflector_client: true, max_peers: 3, hold_time: 30 }\n",
+        "node: { asn: 65000, router_id: 198.18.0.1, pod_cidrs: [] }\nbgp:\n  cluster_id: 198.18.0.1\n  graceful_restart: { enabled: false }\npeer_ranges:\n  - { name: clients, range: 198.18.0.0/15, asn: 65000, route_reflector_client: true, max_peers: 3, hold_time: 30 }\n",
     );
     let established = |p: &Petrel| -> Vec<String> {
         p.status()["peers"]
