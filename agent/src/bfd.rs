@@ -16,6 +16,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
+use ipnet::IpNet;
+
 use petrel_bfd::State;
 use petrel_bfd::runtime::{Handle, Key, Status};
 use petrel_bfd::session::Config as SessionConfig;
@@ -108,6 +110,19 @@ impl Bfd {
     /// (AdminDown sent), new intervals are renegotiated in place, a new address restarts
     /// the session.
     pub async fn apply(&self, peers: &[PeerConfig], speaker: &Speaker) {
+        // The node's subnets now: a peer on none of them is reached through a router, and
+        // gets a multihop session (RFC 5883) even without `multihop` (iBGP between
+        // loopbacks, for one).
+        let subnets: Vec<IpNet> = tokio::task::spawn_blocking(|| {
+            petrel_netlink::Socket::open().and_then(|mut s| s.addresses())
+        })
+        .await
+        .ok()
+        .and_then(|r| {
+            r.map_err(|e| warn!(error = %e, "BFD: cannot list the node's addresses"))
+                .ok()
+        })
+        .unwrap_or_default();
         let mut running = self.running.lock().await;
         let mut wanted: HashMap<String, (Key, BfdConfig)> = HashMap::new();
         for p in peers {
@@ -122,7 +137,8 @@ impl Bfd {
             let key = Key {
                 local,
                 remote: p.address,
-                multihop: p.multihop.is_some_and(|h| h > 1),
+                multihop: p.multihop.is_some_and(|h| h > 1)
+                    || (!subnets.is_empty() && !subnets.iter().any(|n| n.contains(&p.address))),
             };
             wanted.insert(p.name.clone(), (key, cfg));
         }

@@ -596,9 +596,20 @@ fn five_minutes_beside_two_busy_loops_without_a_false_down() {
 /// BGP session within BFD's detection time.
 #[test]
 fn multihop_bfd_through_a_router_ends_the_session_when_the_far_link_goes_silent() {
-    let dir = TestDir::new("bfd-mh-bgp");
+    multihop_across_a_router("bfd-mh-bgp", false);
+}
+
+/// The same over iBGP with no `multihop:` set (iBGP between addresses a router apart, as
+/// between loopbacks): the peer is on none of the node's subnets, so the session is
+/// multihop by itself, as FRR's is.
+#[test]
+fn ibgp_across_a_router_gets_multihop_bfd_without_being_told() {
+    multihop_across_a_router("bfd-mh-ibgp", true);
+}
+
+fn multihop_across_a_router(label: &str, ibgp: bool) {
+    let dir = TestDir::new(label);
     let n = Netns::new("n");
-    let _ = &n;
     let m = Netns::new("m");
     let r = Netns::new("r");
     link(&m, &["198.51.100.1/24"], &n, &["198.51.100.2/24"]);
@@ -610,14 +621,26 @@ fn multihop_bfd_through_a_router_ends_the_session_when_the_far_link_goes_silent(
         &r,
         &dir,
         "frr",
-        "frr defaults traditional\nhostname r\nrouter bgp 65001\n bgp router-id 192.0.2.2\n no bgp ebgp-requires-policy\n no bgp network import-check\n bgp graceful-restart-disable\n timers bgp 3 9\n neighbor 198.51.100.2 remote-as 65002\n neighbor 198.51.100.2 ebgp-multihop 2\n neighbor 198.51.100.2 timers connect 1\n neighbor 198.51.100.2 bfd\n address-family ipv4 unicast\n  network 198.18.0.0/16\n exit-address-family\n!\n",
+        &format!(
+            "frr defaults traditional\nhostname r\nrouter bgp 65001\n bgp router-id 192.0.2.2\n no bgp ebgp-requires-policy\n no bgp network import-check\n bgp graceful-restart-disable\n timers bgp 3 9\n neighbor 198.51.100.2 remote-as {}\n{} neighbor 198.51.100.2 timers connect 1\n neighbor 198.51.100.2 bfd\n address-family ipv4 unicast\n  network 198.18.0.0/16\n exit-address-family\n!\n",
+            if ibgp { 65001 } else { 65002 },
+            if ibgp {
+                ""
+            } else {
+                " neighbor 198.51.100.2 ebgp-multihop 2\n"
+            },
+        ),
     );
     frr.start_bfdd(&r, "bfd\n!\n");
     let p = petrel_tests::petrel::Petrel::start(
         &n,
         &dir,
         "petrel",
-        "node: { asn: 65002, router_id: 198.51.100.2, pod_cidrs: [10.244.2.0/24] }\npeers:\n  - { name: tor, address: 192.0.2.2, asn: 65001, multihop: 2, hold_time: 9, connect_retry: 1, import: { prefixes: [{ prefix: 0.0.0.0/0, le: 32 }] }, bfd: true }\nbgp: { graceful_restart: { enabled: false } }\n",
+        &format!(
+            "node: {{ asn: {}, router_id: 198.51.100.2, pod_cidrs: [10.244.2.0/24] }}\npeers:\n  - {{ name: tor, address: 192.0.2.2, asn: 65001, {}hold_time: 9, connect_retry: 1, import: {{ prefixes: [{{ prefix: 0.0.0.0/0, le: 32 }}] }}, bfd: true }}\nbgp: {{ graceful_restart: {{ enabled: false }} }}\n",
+            if ibgp { 65001 } else { 65002 },
+            if ibgp { "" } else { "multihop: 2, " },
+        ),
     );
     p.wait_established("tor", T);
     // The route's next hop 192.0.2.2 is not on a connected subnet: the kernel takes it
