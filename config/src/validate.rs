@@ -156,17 +156,7 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig, base: Option<&Path>) -> Config {
     let mut addrs: HashMap<IpAddr, Location> = HashMap::new();
     for p in &raw.peers {
         // Duplicates are checked on what is written, also for peers with other problems.
-        let name = &p.value.name;
-        if let Some(first) = names.get(&name.value) {
-            let msg = format!(
-                "duplicate peer name {:?} (first at line {})",
-                name.value,
-                first.line()
-            );
-            cx.err(name.referenced, msg);
-        } else {
-            names.insert(name.value.clone(), name.referenced);
-        }
+        unique_name(cx, &mut names, &p.value.name);
         if let Some(a) = &p.value.address
             && let Ok(addr) = a.value.trim().parse::<IpAddr>()
         {
@@ -186,17 +176,7 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig, base: Option<&Path>) -> Config {
     }
     let mut peer_ranges: Vec<PeerRange> = Vec::new();
     for p in &raw.peer_ranges {
-        let name = &p.value.name;
-        if let Some(first) = names.get(&name.value) {
-            let msg = format!(
-                "duplicate peer name {:?} (first at line {})",
-                name.value,
-                first.line()
-            );
-            cx.err(name.referenced, msg);
-        } else {
-            names.insert(name.value.clone(), name.referenced);
-        }
+        unique_name(cx, &mut names, &p.value.name);
         let range = match &p.value.range {
             Some(r) => cx.parse::<IpNet>(r, "range (a CIDR such as 198.18.0.0/15)"),
             None => {
@@ -251,6 +231,20 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig, base: Option<&Path>) -> Config {
             .map(|l| originate(cx, l, &pod_cidrs))
             .unwrap_or_default(),
         warnings: Vec::new(),
+    }
+}
+
+/// Peer and peer range names are one namespace: the second use of a name is an error.
+fn unique_name(cx: &mut Ctx<'_>, names: &mut HashMap<String, Location>, name: &Spanned<String>) {
+    if let Some(first) = names.get(&name.value) {
+        let msg = format!(
+            "duplicate peer name {:?} (first at line {})",
+            name.value,
+            first.line()
+        );
+        cx.err(name.referenced, msg);
+    } else {
+        names.insert(name.value.clone(), name.referenced);
     }
 }
 

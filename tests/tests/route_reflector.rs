@@ -108,6 +108,17 @@ fn bird_sees(b: &Bird, prefix: &str) -> Seen {
     }
 }
 
+/// The strings of a JSON array (none if it is not one).
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn frr_sees(f: &Frr, prefix: &str) -> Seen {
     let v: serde_json::Value = f
         .try_vtysh(&format!("show bgp ipv4 unicast {prefix} json"))
@@ -122,16 +133,7 @@ fn frr_sees(f: &Frr, prefix: &str) -> Seen {
             .collect(),
         cluster_lists: paths
             .iter()
-            .map(|p| {
-                p["clusterList"]["list"]
-                    .as_array()
-                    .map(|l| {
-                        l.iter()
-                            .filter_map(|x| x.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            })
+            .map(|p| strings(&p["clusterList"]["list"]))
             .collect(),
     }
 }
@@ -156,16 +158,7 @@ fn gobgp_sees(g: &Gobgp, prefix: &str) -> Seen {
         cluster_lists: paths
             .iter()
             .filter_map(|p| attr(p, 10))
-            .map(|a| {
-                a["value"]
-                    .as_array()
-                    .map(|l| {
-                        l.iter()
-                            .filter_map(|x| x.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            })
+            .map(|a| strings(&a["value"]))
             .collect(),
     }
 }

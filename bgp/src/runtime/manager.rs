@@ -360,8 +360,14 @@ impl Manager {
                 gone.push(name.clone());
             }
         }
-        for name in gone {
-            info!(peer = %name, "dynamic peer gone: its session ended");
+        self.drop_dynamic(gone, "dynamic peer gone: its session ended")
+            .await;
+    }
+
+    /// Stop these dynamic peers (Cease, peer de-configured) and forget them and their routes.
+    async fn drop_dynamic(&mut self, names: Vec<String>, why: &str) {
+        for name in names {
+            info!(peer = %name, "{why}");
             self.dynamic.remove(&name);
             self.stop_peer(
                 &name,
@@ -390,16 +396,8 @@ impl Manager {
             })
             .map(|(n, _)| n.clone())
             .collect();
-        for name in gone {
-            info!(peer = %name, "dynamic peer's range changed or removed");
-            self.dynamic.remove(&name);
-            self.stop_peer(
-                &name,
-                NotificationMsg::cease(codes::cease::PEER_DECONFIGURED),
-                true,
-            )
+        self.drop_dynamic(gone, "dynamic peer's range changed or removed")
             .await;
-        }
         self.ranges = ranges;
     }
 
