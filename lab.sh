@@ -2,7 +2,7 @@
 # The Petrel lab in one command: a top-of-rack router, nodes running the Petrel agent and
 # pods made by the Petrel CNI plugin, all in network namespaces of this machine.
 #
-#   ./lab.sh up [--nodes 3] [--pods 2] [--router bird|frr|gobgp] [--json]
+#   ./lab.sh up [--nodes 3] [--pods 2] [--router bird|frr|gobgp] [--topology tor|rr] [--json]
 #   ./lab.sh status [--json]          ./lab.sh down
 #   ./lab.sh add-pod n2 [--ip ADDR,ADDR]      ./lab.sh del-pod n2-p1
 #

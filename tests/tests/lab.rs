@@ -409,3 +409,84 @@ fn lab_with_frr_and_gobgp_routers() {
         assert!(lab.namespaces().is_empty());
     }
 }
+
+/// `--topology rr`: no BGP at the router; iBGP in one AS with nodes n1 and n2 as a
+/// redundant pair of route reflectors (one cluster id, the rack LAN as their peer ranges)
+/// and n3 their client. The reachability matrix passes over IPv4 and IPv6, and n3 holds
+/// each reflector's pod CIDRs from the reflector itself and, reflected, from the other.
+#[test]
+fn lab_with_two_route_reflector_nodes() {
+    let lab = Lab::new();
+    let r = lab.json(&[
+        "up",
+        "--nodes",
+        "3",
+        "--pods",
+        "1",
+        "--topology",
+        "rr",
+        "--json",
+    ]);
+    assert_eq!(r["ok"], true, "{r:#}");
+    let text = lab.ok(&["status"]);
+    // 3 pods and 3 nodes: each pod to the 2 other pods and the 3 nodes, each node to the
+    // 3 pods: 24 cells per family.
+    assert!(text.contains("48/48 cells ok"), "{text}");
+    // n1 has n3 as a dynamic client over each family, and n2 as a plain iBGP peer.
+    let petrel = bin("petrel");
+    let status = |node: &str| -> Value {
+        let out = Command::new(&petrel)
+            .args(["status", "--json", "--socket"])
+            .arg(lab.node_dir(node).join("petrel.sock"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let n1 = status("n1");
+    let names: Vec<&str> = n1["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for want in [
+        "rr4",
+        "rr6",
+        "clients4/172.30.0.13",
+        "clients6/fd00:172:30::13",
+    ] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+    let routes = Command::new(&petrel)
+        .args(["routes", "--json", "--socket"])
+        .arg(lab.node_dir("n3").join("petrel.sock"))
+        .output()
+        .unwrap();
+    let routes: Value = serde_json::from_slice(&routes.stdout).unwrap();
+    // n1's pod CIDR reaches n3 twice: from n1 itself, and reflected by n2 with n1 as
+    // ORIGINATOR_ID and the cluster id in CLUSTER_LIST.
+    for (prefix, owner) in [
+        ("10.244.1.0/24", "172.30.0.11"),
+        ("fd00:10:244:2::/64", "172.30.0.12"),
+    ] {
+        let paths = routes["routes"]
+            .as_array()
+            .and_then(|l| l.iter().find(|r| r["prefix"] == prefix))
+            .map(|r| r["paths"].as_array().cloned().unwrap_or_default())
+            .unwrap_or_default();
+        assert_eq!(paths.len(), 2, "{prefix}: {paths:?}");
+        let reflected: Vec<&Value> = paths
+            .iter()
+            .filter(|p| !p["originator_id"].is_null())
+            .collect();
+        assert_eq!(reflected.len(), 1, "{prefix}: {paths:?}");
+        assert_eq!(reflected[0]["originator_id"], owner, "{prefix}");
+        assert_eq!(
+            reflected[0]["cluster_list"],
+            serde_json::json!(["172.30.0.254"]),
+            "{prefix}"
+        );
+    }
+    lab.ok(&["down"]);
+    assert!(lab.namespaces().is_empty());
+}

@@ -2,7 +2,7 @@
 //! GoBGP), nodes running `petrel run`, pods made by `petrel-cni`. See `petrel_tests::lab`.
 //!
 //! ```text
-//! petrel-lab up     [--nodes 3] [--pods 2] [--router bird|frr|gobgp] [--json]
+//! petrel-lab up     [--nodes 3] [--pods 2] [--router bird|frr|gobgp] [--topology tor|rr] [--json]
 //! petrel-lab status [--json]
 //! petrel-lab down
 //! petrel-lab add-pod NODE [--ip ADDR[,ADDR]]     petrel-lab del-pod POD
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use petrel_tests::lab::{self, Lab, RouterKind, Settings};
+use petrel_tests::lab::{self, Lab, RouterKind, Settings, Topology};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +47,10 @@ enum Cmd {
         /// bird, frr or gobgp.
         #[arg(long)]
         router: Option<RouterKind>,
+        /// tor (eBGP to the router) or rr (iBGP, nodes n1 and n2 reflecting; the router
+        /// only forwards).
+        #[arg(long)]
+        topology: Option<Topology>,
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
@@ -120,6 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             nodes,
             pods,
             router,
+            topology,
             json,
         } => {
             let old = Lab::open(&state_dir, bin_dir.clone()).ok().map(|l| l.s);
@@ -130,6 +135,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 router: router
                     .or(old.as_ref().map(|o| o.router))
                     .unwrap_or(RouterKind::Bird),
+                topology: topology
+                    .or(old.as_ref().map(|o| o.topology))
+                    .unwrap_or(Topology::Tor),
                 state_dir,
                 bin_dir,
             })?;
@@ -148,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     nodes: 1,
                     pods: 1,
                     router: RouterKind::Bird,
+                    topology: Topology::Tor,
                 })?
                 .down(&mut say)?,
             }

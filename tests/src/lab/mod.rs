@@ -44,6 +44,39 @@ pub const FIB_PROTOCOL: u8 = 200;
 /// Hold time of every session in the lab (keepalive a third of it).
 pub const HOLD_TIME: u16 = 9;
 
+/// How the nodes learn each other's pod CIDRs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// eBGP from every node to the top-of-rack router (`--router`).
+    Tor,
+    /// iBGP in one AS: nodes n1 and n2 are route reflectors (one cluster id, peer ranges
+    /// for the rack LAN), the others their clients; the router only forwards.
+    Rr,
+}
+
+impl std::str::FromStr for Topology {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tor" => Ok(Topology::Tor),
+            "rr" => Ok(Topology::Rr),
+            o => Err(format!("topology {o:?}: tor or rr")),
+        }
+    }
+}
+
+impl std::fmt::Display for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Topology::Tor => "tor",
+            Topology::Rr => "rr",
+        })
+    }
+}
+
+/// The reflectors' cluster id in the `rr` topology.
+pub const CLUSTER_ID: &str = "172.30.0.254";
+
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -54,6 +87,7 @@ pub struct Settings {
     pub nodes: usize,
     pub pods: usize,
     pub router: RouterKind,
+    pub topology: Topology,
 }
 
 impl Settings {
@@ -79,6 +113,9 @@ impl Settings {
         }
         if !(1..=50).contains(&self.pods) {
             bail!("--pods {}: from 1 to 50 per node", self.pods);
+        }
+        if self.topology == Topology::Rr && self.nodes < 2 {
+            bail!("--topology rr: at least 2 nodes (n1 and n2 are the reflectors)");
         }
         Ok(())
     }
@@ -141,6 +178,11 @@ impl Lab {
                     .unwrap_or("bird")
                     .parse()
                     .map_err(|e: String| anyhow!(e))?,
+                topology: v["topology"]
+                    .as_str()
+                    .unwrap_or("tor")
+                    .parse()
+                    .map_err(|e: String| anyhow!(e))?,
             },
         })
     }
@@ -152,6 +194,7 @@ impl Lab {
             "nodes": self.s.nodes,
             "pods": self.s.pods,
             "router": self.s.router.to_string(),
+            "topology": self.s.topology.to_string(),
         });
         std::fs::write(
             self.s.state_dir.join("lab.json"),
@@ -169,7 +212,10 @@ impl Lab {
         Node {
             index: i,
             ns: format!("{}-{name}", self.s.prefix),
-            asn: 65100 + i as u32,
+            asn: match self.s.topology {
+                Topology::Tor => 65100 + i as u32,
+                Topology::Rr => ROUTER_ASN,
+            },
             addr4: format!("172.30.0.{}", 10 + i).parse().unwrap(),
             addr6: format!("fd00:172:30::{}", 10 + i).parse().unwrap(),
             pod_cidrs: [format!("10.244.{i}.0/24"), format!("fd00:10:244:{i}::/64")],
@@ -258,12 +304,13 @@ impl Lab {
         }
         if let Ok(old) = Lab::open(&self.s.state_dir, self.s.bin_dir.clone()) {
             let (o, n) = (&old.s, &self.s);
-            if (o.nodes, o.pods, o.router) != (n.nodes, n.pods, n.router) {
+            if (o.nodes, o.pods, o.router, o.topology) != (n.nodes, n.pods, n.router, n.topology) {
                 bail!(
-                    "a lab with {} nodes, {} pods per node and {} is up at {}: run `down` first",
+                    "a lab with {} nodes, {} pods per node, {} and topology {} is up at {}: run `down` first",
                     o.nodes,
                     o.pods,
                     o.router,
+                    o.topology,
                     n.state_dir.display()
                 );
             }
@@ -309,6 +356,10 @@ impl Lab {
             // the router namespace's own.
             sysctl(&ns, "net.ipv4.ip_forward", "1")?;
             sysctl(&ns, "net.ipv6.conf.all.forwarding", "1")?;
+        }
+        if self.s.topology == Topology::Rr {
+            // No BGP at the router: the nodes reflect among themselves.
+            return Ok(());
         }
         router::start(self, &ns, &dir, log)
     }
@@ -362,6 +413,9 @@ impl Lab {
 
     /// The agent's config for node `n`.
     pub fn agent_yaml(&self, n: &Node) -> String {
+        if self.s.topology == Topology::Rr {
+            return self.agent_yaml_rr(n);
+        }
         // A route server (GoBGP here) passes routes on without its own AS first.
         let first_as = if self.s.router.is_route_server() {
             "    enforce_first_as: false\n"
@@ -391,6 +445,85 @@ impl Lab {
             proto = FIB_PROTOCOL,
             sock = n.dir.join("petrel.sock").display(),
         )
+    }
+
+    /// Whether node `n` is one of the `rr` topology's two reflectors.
+    pub fn is_reflector(&self, n: &Node) -> bool {
+        self.s.topology == Topology::Rr && n.index <= 2
+    }
+
+    /// The `rr` topology: iBGP in AS 65000 over IPv4 and IPv6. The reflectors (n1, n2)
+    /// peer with each other and take every other node of the rack LAN as a client through
+    /// peer ranges; a client peers with both reflectors.
+    fn agent_yaml_rr(&self, n: &Node) -> String {
+        // One entry of `peers` or `peer_ranges`; `at` is `address: ...` or `range: ...`.
+        let entry = |name: &str, at: String, v6: bool, extra: &str| {
+            let (fam, import) = if v6 {
+                ("ipv6", "\"fd00:10:244::/48\", le: 128")
+            } else {
+                ("ipv4", "10.244.0.0/16, le: 32")
+            };
+            format!(
+                "  - {{ name: {name}, {at}, asn: {ROUTER_ASN}, hold_time: {HOLD_TIME}, connect_retry: 1, families: [{fam}]{extra}, import: {{ prefixes: [{{ prefix: {import} }}] }} }}\n"
+            )
+        };
+        let peer =
+            |name: &str, a: IpAddr| entry(name, format!("address: \"{a}\""), a.is_ipv6(), "");
+        let mut peers = String::new();
+        let mut ranges = String::new();
+        if self.is_reflector(n) {
+            let other = self.node(3 - n.index);
+            peers.push_str(&peer("rr4", other.addr4));
+            peers.push_str(&peer("rr6", other.addr6));
+            let clients = ", route_reflector_client: true, max_peers: 100";
+            ranges.push_str("peer_ranges:\n");
+            ranges.push_str(&entry(
+                "clients4",
+                "range: 172.30.0.0/24".into(),
+                false,
+                clients,
+            ));
+            ranges.push_str(&entry(
+                "clients6",
+                "range: \"fd00:172:30::/64\"".into(),
+                true,
+                clients,
+            ));
+        } else {
+            for r in [self.node(1), self.node(2)] {
+                peers.push_str(&peer(&format!("{}-4", r.name), r.addr4));
+                peers.push_str(&peer(&format!("{}-6", r.name), r.addr6));
+            }
+        }
+        format!(
+            "# petrel-lab node {name}: iBGP, {role}\n\
+             node:\n  asn: {asn}\n  router_id: {a4}\n  pod_cidrs: [{c4}, \"{c6}\"]\n\
+             peers:\n{peers}{ranges}\
+             bgp:\n  cluster_id: {CLUSTER_ID}\n  graceful_restart:\n    enabled: false\n\
+             fib:\n  protocol: {proto}\n  enable_forwarding: true\n\
+             control:\n  socket: {sock}\n",
+            name = n.name,
+            role = if self.is_reflector(n) {
+                "a route reflector"
+            } else {
+                "a client of the reflectors n1 and n2"
+            },
+            asn = n.asn,
+            a4 = n.addr4,
+            c4 = n.pod_cidrs[0],
+            c6 = n.pod_cidrs[1],
+            proto = FIB_PROTOCOL,
+            sock = n.dir.join("petrel.sock").display(),
+        )
+    }
+
+    /// Sessions node `n` has once the lab is up.
+    fn sessions_of(&self, n: &Node) -> usize {
+        match self.s.topology {
+            Topology::Tor => 2,
+            Topology::Rr if self.is_reflector(n) => 2 + 2 * (self.s.nodes - 2),
+            Topology::Rr => 4,
+        }
     }
 
     fn echo_up(&self, ns: &str, dir: &Path) -> Result<()> {
@@ -466,8 +599,9 @@ impl Lab {
             || {
                 let st = self.agent_status(n)?;
                 let peers = st["peers"].as_array()?;
-                (peers.len() == 2 && peers.iter().all(|p| p["state"] == "Established"))
-                    .then_some(())
+                (peers.len() == self.sessions_of(n)
+                    && peers.iter().all(|p| p["state"] == "Established"))
+                .then_some(())
             },
         );
         r.with_context(|| {
@@ -492,6 +626,9 @@ impl Lab {
                         }
                     }
                 }
+            }
+            if self.s.topology == Topology::Rr {
+                return Some(());
             }
             let have = router::prefixes(self);
             nodes

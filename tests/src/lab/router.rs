@@ -302,6 +302,10 @@ pub fn cli(lab: &Lab, cmd: &str) -> Option<String> {
 
 /// What an operator types on the router to see its routes, and what it prints.
 pub fn route_views(lab: &Lab) -> Vec<(String, String)> {
+    if lab.s.topology == super::Topology::Rr {
+        // The router runs no BGP in this topology: nothing to show.
+        return Vec::new();
+    }
     let cmds: Vec<String> = match lab.s.router {
         RouterKind::Bird => vec!["show route".into()],
         RouterKind::Frr => vec!["show ip bgp".into(), "show bgp ipv6 unicast".into()],
