@@ -3,6 +3,9 @@
 #
 #   bench/scale-rr.sh [N ...]     (default: 100 1000; root; builds release)
 #   SUTS="petrel bird" (default) which reflectors to run, in this order.
+#   PETREL_WRAP="heaptrack -o /tmp/ht/petrel" runs Petrel's reflector under a profiler
+#   (where its memory goes: `heaptrack_print /tmp/ht/petrel.zst`, PEAK MEMORY CONSUMERS);
+#   the rss figures are then the wrapper's, not Petrel's.
 #
 # N BIRD processes, each originating one /24, share one LAN segment in a "clients"
 # namespace (all N addresses on one veth) with the reflector in its own namespace. The
@@ -72,7 +75,8 @@ fib: { protocol: 200, own_cidr_route: none }
 peer_ranges:
   - { name: clients, range: 10.100.0.0/16, asn: 65000, route_reflector_client: true, max_peers: $((n + 10)), hold_time: 90 }
 EOC
-      ip netns exec "$R" "$PETREL" run --config "$W/rr.yaml" --socket "$W/rr.sock" --log warn > "$W/rr.log" 2>&1 &
+      # shellcheck disable=SC2086 # PETREL_WRAP is a command line
+      ip netns exec "$R" ${PETREL_WRAP:-} "$PETREL" run --config "$W/rr.yaml" --socket "$W/rr.sock" --log warn > "$W/rr.log" 2>&1 &
       pid=$!
       disown
       for _ in $(seq 100); do "$PETREL" status --socket "$W/rr.sock" >/dev/null 2>&1 && break; sleep 0.1; done

@@ -536,39 +536,33 @@ pub struct LearnedFrom {
     pub router_id: Ipv4Addr,
 }
 
-/// Everything the export decision needs about the receiving peer.
+/// Everything the export decision needs about the receiving peers: the peers of one
+/// update group, which export alike. What keeps one member from a route (it came from that
+/// member, or names it as ORIGINATOR_ID) is [`crate::rib::adj_out::GroupRoute::for_member`]'s
+/// to decide, once per member, not export's.
 #[derive(Debug, Clone)]
 pub struct ExportContext<'a> {
     pub local_asn: u32,
-    pub peer: crate::rib::PeerId,
     pub ebgp: bool,
-    /// The receiving peer is a route reflection client of ours.
+    /// The receiving peers are route reflection clients of ours.
     pub rr_client: bool,
-    /// The receiving peer's BGP identifier, once known: a reflected route is not sent back
-    /// to the router it came from.
-    pub router_id: Option<Ipv4Addr>,
     pub cluster_id: Ipv4Addr,
     pub policy: &'a ExportPolicy,
 }
 
 impl ExportContext<'_> {
-    /// What to send this peer for `prefix` whose best path is `c` (`None`: nothing, a
+    /// What to send these peers for `prefix` whose best path is `c` (`None`: nothing, a
     /// withdrawal if something was sent before).
     pub fn export(&self, prefix: &IpNet, c: &Candidate<'_>) -> Option<OutRoute> {
         let a = &c.attrs.attrs;
         // iBGP to iBGP only by reflection (RFC 4456 6): from a client to everyone, from a
-        // non-client to clients. Never back to the peer it came from or its originator.
+        // non-client to clients.
         let reflect = match c.from {
-            Some(f) if f.peer == self.peer => return None,
             Some(f) if f.ibgp && !self.ebgp => {
                 if !(f.rr_client || self.rr_client) {
                     return None;
                 }
-                let originator = a.originator_id.unwrap_or(f.router_id);
-                if self.router_id == Some(originator) {
-                    return None;
-                }
-                Some(originator)
+                Some(a.originator_id.unwrap_or(f.router_id))
             }
             _ => None,
         };

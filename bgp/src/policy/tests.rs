@@ -228,10 +228,8 @@ fn ebgp_rules_without_prefix_list_accept_only_what_they_match() {
 fn exp(ebgp: bool, policy: &ExportPolicy) -> ExportContext<'_> {
     ExportContext {
         local_asn: 65002,
-        peer: 7,
         ebgp,
         rr_client: false,
-        router_id: Some("192.0.2.7".parse().unwrap()),
         cluster_id: "192.0.2.99".parse().unwrap(),
         policy,
     }
@@ -256,6 +254,18 @@ fn learned(a: &RouteAttrs, peer: u32, ibgp: bool) -> Candidate<'_> {
             router_id: std::net::Ipv4Addr::from(0xC000_0200 + peer),
         }),
     }
+}
+
+/// Whether member 7 of the group (router id 192.0.2.7) gets what export gave for `c`.
+fn for_seven(out: Option<OutRoute>, c: &Candidate<'_>) -> bool {
+    out.is_some_and(|r| {
+        crate::rib::adj_out::GroupRoute {
+            route: std::sync::Arc::new(r),
+            source: c.source,
+            from: c.from.map(|f| f.peer),
+        }
+        .for_member(7, Some("192.0.2.7".parse().unwrap()))
+    })
 }
 
 fn from_client(a: &RouteAttrs, peer: u32, client: bool) -> Candidate<'_> {
@@ -323,14 +333,14 @@ fn route_reflection() {
         ["192.0.2.99", "192.0.2.60"].map(|x| x.parse::<std::net::Ipv4Addr>().unwrap())
     );
     // Not to the peer it came from, nor to its originator.
-    assert!(to(true).export(&n, &from_client(&a, 7, true)).is_none());
+    let c = from_client(&a, 7, true);
+    assert!(!for_seven(to(true).export(&n, &c), &c));
     let mut from_seven = a.clone();
     from_seven.attrs.originator_id = Some("192.0.2.7".parse().unwrap());
-    assert!(
-        to(true)
-            .export(&n, &from_client(&from_seven, 3, true))
-            .is_none()
-    );
+    let c = from_client(&from_seven, 3, true);
+    assert!(!for_seven(to(true).export(&n, &c), &c));
+    let c = from_client(&a, 3, true);
+    assert!(for_seven(to(true).export(&n, &c), &c), "to everyone else");
     // To eBGP: no reflection attributes.
     let r = exp(true, &all)
         .export(&n, &from_client(&twice, 3, true))
@@ -448,7 +458,8 @@ fn learned_routes_go_out_only_when_a_rule_says_so_and_the_rfcs_allow() {
     assert_eq!(exp(false, &p).export(&n, &learned(&a, 1, true)), None);
     assert!(exp(true, &p).export(&n, &learned(&a, 1, true)).is_some());
     // Never back to the peer it came from.
-    assert_eq!(exp(true, &p).export(&n, &learned(&a, 7, false)), None);
+    let c = learned(&a, 7, false);
+    assert!(!for_seven(exp(true, &p).export(&n, &c), &c));
 }
 
 #[test]

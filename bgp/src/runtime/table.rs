@@ -122,9 +122,6 @@ impl GroupKey {
     }
 }
 
-/// Stands for "any member" while a group's export is computed: no peer has this id.
-const ANY_MEMBER: PeerId = u32::MAX - 1;
-
 pub struct Table {
     cfg: TableConfig,
     rib: Rib,
@@ -563,10 +560,8 @@ impl Table {
         });
         let cx = ExportContext {
             local_asn: cfg.local_asn,
-            peer: ANY_MEMBER,
             ebgp: key.ebgp,
             rr_client: key.rr_client,
-            router_id: None,
             cluster_id: cfg.cluster_id.unwrap_or(cfg.router_id),
             policy: &key.export,
         };
