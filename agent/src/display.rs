@@ -213,10 +213,18 @@ pub fn routes(v: &RoutesAnswer) -> String {
             if p.stale {
                 notes.push("stale".to_string());
             }
-            match (&p.refused, &p.lost_on) {
-                (Some(why), _) => notes.push(format!("refused: {why}")),
-                (None, Some(why)) => notes.push(format!("lost: {why}")),
+            match (&p.refused, &p.unresolved, &p.lost_on) {
+                (Some(why), _, _) => notes.push(format!("refused: {why}")),
+                (None, Some(why), _) => notes.push(format!("unresolved: {why}")),
+                (None, None, Some(why)) => notes.push(format!("lost: {why}")),
                 _ => {}
+            }
+            if let Some(via) = p.resolved_via {
+                notes.push(format!(
+                    "via {} through {via} (cost {})",
+                    p.gateways.join(","),
+                    p.igp_cost
+                ));
             }
             let mut comms = p.communities.clone();
             comms.extend(p.large_communities.iter().cloned());

@@ -14,6 +14,7 @@ mod metrics;
 mod msg;
 mod run;
 mod state;
+mod underlay;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

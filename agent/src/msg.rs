@@ -6,6 +6,7 @@
 //!   run (own CIDRs, stop) ──FibCmd (16)──► fib task ──Job (4)──► netlink writer thread
 //!   speaker ──RibOutput (4 batches)──────►   ▲  │
 //!   monitor thread ──deletions (64)──────────┘  └──► FibSnapshot ◄── status, metrics (read)
+//!   underlay thread ──UnderlayTx (latest)──► forwarder task ──► speaker (next-hop tracking)
 //! ```
 //!
 //! The FIB task never waits on anything but the netlink writer thread (which waits only on
@@ -18,6 +19,13 @@ use ipnet::IpNet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::{mpsc, oneshot};
+
+/// The kernel routes next hops resolve through, whole. Sent by the underlay thread, which
+/// replaces the value and never waits; received by the forwarder task, which hands the
+/// newest to the speaker. Bound: one value; when the forwarder is behind, only the latest
+/// table is kept (older ones are void anyway).
+pub type UnderlayTx = tokio::sync::watch::Sender<Arc<Vec<petrel_bgp::rib::UnderlayRoute>>>;
+pub type UnderlayRx = tokio::sync::watch::Receiver<Arc<Vec<petrel_bgp::rib::UnderlayRoute>>>;
 
 /// Sent by the agent's main task, received by the FIB task; bound 16; the sender waits when
 /// it is full (the FIB task never waits on the sender).

@@ -198,6 +198,9 @@ async fn serve(opts: RunOpts, cfg: Config, started: Started) -> anyhow::Result<(
     } = started;
     let socket_path = opts.socket.clone().unwrap_or(cfg.control.socket.clone());
     let peers = convert::peers(&cfg)?;
+    // Next-hop tracking: the kernel's routes are read before any session can bring a path.
+    let underlay =
+        crate::underlay::start(cfg.fib.protocol).context("follow the kernel's routes")?;
     let speaker = Speaker::start(
         convert::speaker(
             &cfg,
@@ -213,6 +216,7 @@ async fn serve(opts: RunOpts, cfg: Config, started: Started) -> anyhow::Result<(
     )
     .await
     .context("start the BGP speaker")?;
+    tokio::spawn(crate::underlay::forward(underlay, speaker.clone()));
     speaker
         .set_peer_ranges(convert::peer_ranges(&cfg)?)
         .await

@@ -219,6 +219,7 @@ impl Agent {
                 in_fib: !r.next_hops.is_empty() && !failed.contains(&r.prefix),
                 prefix: r.prefix,
                 next_hops: r.next_hops.iter().map(|n| n.addr().to_string()).collect(),
+                gateways: r.gateways.iter().map(|g| g.to_string()).collect(),
                 paths: r
                     .paths
                     .into_iter()
@@ -227,6 +228,10 @@ impl Agent {
                         peer: p.peer,
                         peer_address: p.peer_address,
                         next_hop: p.next_hop.map(|n| n.addr().to_string()),
+                        resolved_via: p.resolved_via,
+                        gateways: p.gateways.iter().map(|g| g.to_string()).collect(),
+                        igp_cost: p.igp_cost,
+                        unresolved: p.unresolved.map(String::from),
                         as_path: p.as_path,
                         origin: serde_json::to_value(p.origin)
                             .ok()

@@ -170,8 +170,12 @@ pub struct RoutesAnswer {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RouteEntry {
     pub prefix: IpNet,
-    /// Where the kernel forwards (the selected learned paths' next hops).
+    /// The selected learned paths' next hops.
     pub next_hops: Vec<String>,
+    /// Where the kernel forwards: the next hops, or the gateways of the underlay routes
+    /// they resolve through (next-hop tracking).
+    #[serde(default)]
+    pub gateways: Vec<String>,
     /// The route is in the kernel: learned and not refused by it.
     pub in_fib: bool,
     pub paths: Vec<PathEntry>,
@@ -195,6 +199,17 @@ pub struct PathEntry {
     pub peer: String,
     pub peer_address: Option<IpAddr>,
     pub next_hop: Option<String>,
+    /// Next-hop tracking: the underlay route the next hop resolves through (none when on a
+    /// connected subnet), the gateways it leads to, and its metric (the IGP cost).
+    #[serde(default)]
+    pub resolved_via: Option<IpNet>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub igp_cost: u32,
+    /// Why the next hop cannot be used: the path is not selected and not installed.
+    #[serde(default)]
+    pub unresolved: Option<String>,
     pub as_path: String,
     pub origin: String,
     pub local_pref: u32,

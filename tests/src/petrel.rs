@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -212,5 +214,53 @@ impl Petrel {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+/// Asks `petrel status` every 100 ms until stopped; records the slowest answer and failures.
+pub struct Poller {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(Duration, usize, usize)>>,
+}
+
+impl Poller {
+    pub fn start(socket: &std::path::Path) -> Poller {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let socket = socket.to_path_buf();
+        let thread = std::thread::spawn(move || {
+            let (mut worst, mut n, mut failed) = (Duration::ZERO, 0usize, 0usize);
+            while !s.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                // A hung agent must not hang the test: `timeout` kills the CLI after 2 s.
+                let ok = Command::new("timeout")
+                    .arg("2")
+                    .arg(bin("petrel"))
+                    .args(["status", "--json", "--socket"])
+                    .arg(&socket)
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or(false);
+                let took = t.elapsed();
+                worst = worst.max(took);
+                n += 1;
+                if !ok || took > Duration::from_secs(1) {
+                    failed += 1;
+                    eprintln!("status answer {n}: ok={ok} after {took:?}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (worst, n, failed)
+        });
+        Poller {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// (slowest answer, answers, late or failed ones).
+    pub fn finish(mut self) -> (Duration, usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
     }
 }

@@ -8,13 +8,11 @@
 //! waited on the FIB): these tests are its proof of absence.
 
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use petrel_tests::bird::{self, Bird};
-use petrel_tests::petrel::Petrel;
-use petrel_tests::{Netns, TestDir, bin, link, wait_until_or};
+use petrel_tests::petrel::{Petrel, Poller};
+use petrel_tests::{Netns, TestDir, link, wait_until_or};
 
 const V4: usize = 300_000;
 const V6: usize = 30_000;
@@ -48,53 +46,6 @@ fn kernel_counts(ns: &Netns, fam: &str) -> (usize, usize) {
     let text = String::from_utf8_lossy(&out.stdout);
     let own = text.lines().filter(|l| l.starts_with("blackhole")).count();
     (text.lines().count() - own, own)
-}
-
-/// Asks `petrel status` every 100 ms until stopped; records the slowest answer and failures.
-struct Poller {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<(Duration, usize, usize)>>,
-}
-
-impl Poller {
-    fn start(socket: &std::path::Path) -> Poller {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let socket = socket.to_path_buf();
-        let thread = std::thread::spawn(move || {
-            let (mut worst, mut n, mut failed) = (Duration::ZERO, 0usize, 0usize);
-            while !s.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                // A hung agent must not hang the test: `timeout` kills the CLI after 2 s.
-                let ok = Command::new("timeout")
-                    .arg("2")
-                    .arg(bin("petrel"))
-                    .args(["status", "--json", "--socket"])
-                    .arg(&socket)
-                    .output()
-                    .map(|o| o.status.success())
-                    .unwrap_or(false);
-                let took = t.elapsed();
-                worst = worst.max(took);
-                n += 1;
-                if !ok || took > Duration::from_secs(1) {
-                    failed += 1;
-                    eprintln!("status answer {n}: ok={ok} after {took:?}");
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            (worst, n, failed)
-        });
-        Poller {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> (Duration, usize, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap()
-    }
 }
 
 fn storm(label: &str, gr: bool) {

@@ -124,14 +124,14 @@ impl Reconciler {
         self.adopted = kernel.iter().map(|k| k.prefix).collect();
     }
 
-    /// Loc-RIB changes: the selected learned paths' next hops become the route; the node's
-    /// own routes (pod CIDRs, `originate`, Services) are not the RIB's to install.
+    /// Loc-RIB changes: the selected learned paths' next hops (or the gateways they resolve
+    /// to through the underlay) become the route; the node's own routes (pod CIDRs,
+    /// `originate`, Services) are not the RIB's to install.
     pub fn rib_changes(&mut self, changes: &[RibChange]) -> Vec<RouteOp> {
         let mut ops = Vec::with_capacity(changes.len());
         for c in changes {
             let p = c.prefix;
-            let mut gws: Vec<IpAddr> = c.next_hops().iter().map(|n| n.addr()).collect();
-            gws.dedup();
+            let gws: Vec<IpAddr> = c.gateways();
             let hops = (!gws.is_empty()).then(|| self.intern(gws));
             let same = match (self.learned(&p), &hops) {
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -311,6 +311,7 @@ mod tests {
                         PathAttrs::default(),
                         NextHop::V4(g.parse().unwrap()),
                     )),
+                    resolution: None,
                 })
                 .collect(),
         }
@@ -326,6 +327,7 @@ mod tests {
                     PathAttrs::default(),
                     NextHop::V4("0.0.0.0".parse().unwrap()),
                 )),
+                resolution: None,
             }]
             .into_iter()
             .collect(),

@@ -20,6 +20,8 @@ pub enum Reason {
     Origin,
     Med,
     ExternalOverInternal,
+    /// Lower interior cost to the next hop (next-hop tracking).
+    IgpCost,
     NotStale,
     ClusterListLength,
     RouterId,
@@ -37,6 +39,7 @@ impl Reason {
             Reason::Origin => "lower origin",
             Reason::Med => "lower MED",
             Reason::ExternalOverInternal => "eBGP over iBGP",
+            Reason::IgpCost => "lower IGP cost to the next hop",
             Reason::NotStale => "not stale",
             Reason::ClusterListLength => "shorter cluster list",
             Reason::RouterId => "lower router id",
@@ -49,6 +52,9 @@ impl Reason {
 pub(crate) struct Candidate<'a> {
     pub path: &'a Path,
     pub peer: &'a PeerInfo,
+    /// Interior cost to the next hop (the metric of the underlay route it resolves
+    /// through; 0 on a connected subnet).
+    pub cost: u32,
 }
 
 impl Candidate<'_> {
@@ -77,7 +83,7 @@ impl Candidate<'_> {
 
 /// Compare `a` and `b`: `Less` means `a` is preferred. Returns the deciding step.
 pub(crate) fn compare(a: &Candidate<'_>, b: &Candidate<'_>) -> (Ordering, Reason) {
-    let steps: [(Ordering, Reason); 10] = [
+    let steps: [(Ordering, Reason); 11] = [
         (a.path.source.cmp(&b.path.source), Reason::Source),
         (b.local_pref().cmp(&a.local_pref()), Reason::LocalPref),
         (
@@ -95,6 +101,7 @@ pub(crate) fn compare(a: &Candidate<'_>, b: &Candidate<'_>) -> (Ordering, Reason
         ),
         (med_order(a, b), Reason::Med),
         (b.peer.ebgp.cmp(&a.peer.ebgp), Reason::ExternalOverInternal),
+        (a.cost.cmp(&b.cost), Reason::IgpCost),
         (a.path.stale.cmp(&b.path.stale), Reason::NotStale),
         (
             a.path
@@ -127,11 +134,12 @@ fn med_order(a: &Candidate<'_>, b: &Candidate<'_>) -> Ordering {
 
 /// Whether `a` may share the load with the best path `best`: equal through the eBGP/iBGP
 /// step (AS paths of the same length, not necessarily the same ASes, as with
-/// "multipath relax"), and a next hop of its own.
+/// "multipath relax"), the same interior cost, and a next hop of its own.
 pub(crate) fn multipath_equal(best: &Candidate<'_>, a: &Candidate<'_>) -> bool {
     best.local_pref() == a.local_pref()
         && best.path.attrs.attrs.as_path.path_len() == a.path.attrs.attrs.as_path.path_len()
         && best.path.attrs.attrs.origin == a.path.attrs.attrs.origin
         && med_order(best, a) == Ordering::Equal
         && best.peer.ebgp == a.peer.ebgp
+        && best.cost == a.cost
 }

@@ -15,6 +15,7 @@
 pub mod adj_out;
 mod best_path;
 pub mod intern;
+mod nexthop;
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -26,6 +27,8 @@ use smallvec::SmallVec;
 
 use best_path::{Candidate, compare, multipath_equal};
 pub use best_path::{DEFAULT_LOCAL_PREF, Reason};
+use nexthop::NextHops;
+pub use nexthop::{Resolution, UnderlayRoute, Unresolved};
 
 use crate::policy::{Refusal, Source};
 use crate::wire::{Afi, NextHop, PathAttrs, community};
@@ -110,7 +113,7 @@ struct Dest {
 }
 
 /// A selected path as compared before and after a change.
-type Key1 = (PeerId, Source, Arc<RouteAttrs>);
+type Key1 = (PeerId, Source, Arc<RouteAttrs>, Option<Arc<Resolution>>);
 
 /// One selected path, as a change reports it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -118,44 +121,53 @@ pub struct Selected {
     pub peer: PeerId,
     pub source: Source,
     pub attrs: Arc<RouteAttrs>,
+    /// How the next hop is reached when it is not on a connected subnet (next-hop
+    /// tracking): forward to these gateways instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<Arc<Resolution>>,
 }
 
 impl PartialEq for Selected {
     fn eq(&self, o: &Self) -> bool {
-        self.peer == o.peer && self.source == o.source && self.attrs == o.attrs
+        self.peer == o.peer
+            && self.source == o.source
+            && self.attrs == o.attrs
+            && self.resolution == o.resolution
     }
 }
 impl Eq for Selected {}
 
 impl Dest {
-    fn selection(&self) -> SmallVec<[Selected; 1]> {
+    fn selection(&self, cx: &Ctx) -> SmallVec<[Selected; 1]> {
         self.paths[..self.selected as usize]
             .iter()
             .map(|p| Selected {
                 peer: p.peer,
                 source: p.source,
                 attrs: p.attrs.clone(),
+                resolution: cx.recursive(p),
             })
             .collect()
     }
 
-    /// Whether the selection is still `before` (same paths, equal attributes; interned
-    /// attributes compare by pointer).
-    fn same_selection(&self, before: &[Key1]) -> bool {
+    /// Whether the selection is still `before` (same paths, equal attributes, reached the
+    /// same way; interned attributes compare by pointer).
+    fn same_selection(&self, cx: &Ctx, before: &[Key1]) -> bool {
         before.len() == self.selected as usize
             && self.paths[..self.selected as usize].iter().zip(before).all(
-                |(p, (peer, source, a))| {
+                |(p, (peer, source, a, r))| {
                     p.peer == *peer
                         && p.source == *source
                         && (Arc::ptr_eq(&p.attrs, a) || *p.attrs == **a)
+                        && cx.recursive(p) == *r
                 },
             )
     }
 
-    fn selection_key(&self) -> SmallVec<[Key1; 1]> {
+    fn selection_key(&self, cx: &Ctx) -> SmallVec<[Key1; 1]> {
         self.paths[..self.selected as usize]
             .iter()
-            .map(|p| (p.peer, p.source, p.attrs.clone()))
+            .map(|p| (p.peer, p.source, p.attrs.clone(), cx.recursive(p)))
             .collect()
     }
 }
@@ -174,10 +186,25 @@ impl RibChange {
         self.selected.first()
     }
 
-    /// Where to forward: the next hops of the selected learned paths, sorted (empty when
-    /// the prefix is gone or the node's own route is selected).
+    /// The next hops of the selected learned paths, sorted (empty when the prefix is gone
+    /// or the node's own route is selected).
     pub fn next_hops(&self) -> Vec<NextHop> {
         next_hops_of(self.selected.iter().map(|s| (s.source, &s.attrs)))
+    }
+
+    /// Where to forward: each selected learned path's next hop, or the gateways it
+    /// resolves to when it is not on a connected subnet; sorted, no repeats.
+    pub fn gateways(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = Vec::new();
+        for s in self.selected.iter().filter(|s| s.source == Source::Learned) {
+            match s.resolution.as_deref() {
+                Some(Resolution::Recursive { gateways, .. }) => v.extend(gateways),
+                _ => v.push(s.attrs.next_hop.addr()),
+            }
+        }
+        v.sort();
+        v.dedup();
+        v
     }
 }
 
@@ -210,6 +237,13 @@ pub struct PathView {
     pub peer: String,
     pub peer_address: Option<IpAddr>,
     pub next_hop: Option<NextHop>,
+    /// Next-hop tracking: the underlay route the next hop resolves through (none when it
+    /// is on a connected subnet), its gateways, and the interior cost.
+    pub resolved_via: Option<IpNet>,
+    pub gateways: Vec<IpAddr>,
+    pub igp_cost: u32,
+    /// Why the next hop cannot be used (the path is then never selected).
+    pub unresolved: Option<&'static str>,
     pub as_path: String,
     pub origin: crate::wire::Origin,
     pub local_pref: u32,
@@ -248,6 +282,8 @@ pub struct UnknownView {
 pub struct RouteView {
     pub prefix: IpNet,
     pub next_hops: Vec<NextHop>,
+    /// Where the kernel forwards (the next hops, or what they resolve to).
+    pub gateways: Vec<IpAddr>,
     pub paths: Vec<PathView>,
 }
 
@@ -274,9 +310,37 @@ struct Ctx {
     max_paths: usize,
     /// Prefixes with a selected path, per family.
     selected: [usize; 2],
+    nht: NextHops,
 }
 
 impl Ctx {
+    /// How a learned path's next hop is reached.
+    fn resolution(&self, p: &Path) -> Option<Arc<Resolution>> {
+        (p.source == Source::Learned).then(|| self.nht.get(&p.attrs.next_hop))
+    }
+
+    /// The resolution a selection reports: only a recursive one.
+    fn recursive(&self, p: &Path) -> Option<Arc<Resolution>> {
+        self.resolution(p)
+            .filter(|r| matches!(**r, Resolution::Recursive { .. }))
+    }
+
+    /// `p` as the decision process sees it; none when it cannot be selected (refused by
+    /// import, its peer unknown, or its next hop unresolvable).
+    fn candidate<'a>(&'a self, p: &'a Path) -> Option<Candidate<'a>> {
+        let peer = self.info(p).filter(|_| p.accepted())?;
+        let cost = match self.resolution(p) {
+            Some(r) if !r.usable() => return None,
+            Some(r) => r.cost(),
+            None => 0,
+        };
+        Some(Candidate {
+            path: p,
+            peer,
+            cost,
+        })
+    }
+
     fn info(&self, p: &Path) -> Option<&PeerInfo> {
         if p.peer == LOCAL_PEER {
             self.local_info.as_ref()
@@ -312,7 +376,7 @@ impl Ctx {
         out: &mut Vec<RibChange>,
     ) {
         select(dest, self);
-        if !dest.same_selection(before) {
+        if !dest.same_selection(self, before) {
             let (was, is) = (!before.is_empty(), dest.selected > 0);
             if was != is {
                 if is {
@@ -323,7 +387,7 @@ impl Ctx {
             }
             out.push(RibChange {
                 prefix,
-                selected: dest.selection(),
+                selected: dest.selection(self),
             });
         }
     }
@@ -344,8 +408,9 @@ impl<K: Key> Table<K> {
 
     fn upsert(&mut self, cx: &mut Ctx, key: K, path: Path, out: &mut Vec<RibChange>) {
         let dest = self.map.entry(key).or_default();
-        let before = dest.selection_key();
+        let before = dest.selection_key(cx);
         cx.count(&path, 1);
+        cx.nht.track(&path.attrs.next_hop);
         match dest.paths.iter_mut().find(|p| p.is(path.peer, path.source)) {
             Some(old) => {
                 let old = std::mem::replace(old, path);
@@ -370,7 +435,7 @@ impl<K: Key> Table<K> {
         let Some(i) = dest.paths.iter().position(|p| p.is(peer, source)) else {
             return;
         };
-        let before = dest.selection_key();
+        let before = dest.selection_key(cx);
         let old = dest.paths.remove(i);
         cx.count(&old, -1);
         if (i as u8) < dest.selected {
@@ -394,7 +459,7 @@ impl<K: Key> Table<K> {
             let Some(i) = dest.paths.iter().position(|p| p.peer == peer) else {
                 continue;
             };
-            let before = dest.selection_key();
+            let before = dest.selection_key(cx);
             match rule(key.net(), &dest.paths[i]) {
                 Sweep::Keep => continue,
                 Sweep::MarkStale => {
@@ -418,6 +483,7 @@ impl<K: Key> Table<K> {
                         continue;
                     }
                     cx.count(&dest.paths[i], -1);
+                    cx.nht.track(&attrs.next_hop);
                     dest.paths[i].attrs = attrs;
                     dest.paths[i].refusal = refusal;
                     cx.count(&dest.paths[i], 1);
@@ -655,6 +721,60 @@ impl Rib {
         self.v6.sweep(&mut self.cx, peer, out, &mut rule);
     }
 
+    /// A new underlay for next-hop tracking: every prefix with a path whose next hop now
+    /// resolves differently is selected again.
+    pub fn set_underlay(&mut self, routes: Vec<UnderlayRoute>, out: &mut Vec<RibChange>) {
+        let in_use = self
+            .v4
+            .map
+            .values()
+            .chain(self.v6.map.values())
+            .flat_map(|d| d.paths.iter())
+            .filter(|p| p.source == Source::Learned)
+            .map(|p| p.attrs.next_hop);
+        let plan = self.cx.nht.plan(routes, in_use);
+        if plan.changed.is_empty() {
+            self.cx.nht.commit(plan);
+            return;
+        }
+        let touched = |d: &Dest| {
+            d.paths.iter().any(|p| {
+                p.source == Source::Learned && NextHops::is_in(&p.attrs.next_hop, &plan.changed)
+            })
+        };
+        let cx = &self.cx;
+        let v4: Vec<(Ipv4Net, SmallVec<[Key1; 1]>)> = self
+            .v4
+            .map
+            .iter()
+            .filter(|(_, d)| touched(d))
+            .map(|(k, d)| (*k, d.selection_key(cx)))
+            .collect();
+        let v6: Vec<(Ipv6Net, SmallVec<[Key1; 1]>)> = self
+            .v6
+            .map
+            .iter()
+            .filter(|(_, d)| touched(d))
+            .map(|(k, d)| (*k, d.selection_key(cx)))
+            .collect();
+        self.cx.nht.commit(plan);
+        for (k, before) in v4 {
+            if let Some(d) = self.v4.map.get_mut(&k) {
+                self.cx.reselect(0, k.net(), d, &before, out);
+            }
+        }
+        for (k, before) in v6 {
+            if let Some(d) = self.v6.map.get_mut(&k) {
+                self.cx.reselect(1, k.net(), d, &before, out);
+            }
+        }
+    }
+
+    /// Number of underlay routes next hops are resolved through (none: not known yet).
+    pub fn underlay_len(&self) -> Option<usize> {
+        self.cx.nht.underlay_len()
+    }
+
     /// The next hops selected for `prefix` (empty when none).
     pub fn next_hops(&self, prefix: &IpNet) -> Vec<NextHop> {
         let d = match prefix {
@@ -673,18 +793,19 @@ impl Rib {
 
     /// Every prefix with a selected path, with its selection (best first).
     pub fn selected(&self, afi: Afi) -> Box<dyn Iterator<Item = RibChange> + '_> {
-        fn it<K: Key>(t: &Table<K>) -> impl Iterator<Item = RibChange> + '_ {
+        fn it<'a, K: Key>(t: &'a Table<K>, cx: &'a Ctx) -> impl Iterator<Item = RibChange> + 'a {
             t.map
                 .iter()
                 .filter(|(_, d)| d.selected > 0)
                 .map(|(k, d)| RibChange {
                     prefix: k.net(),
-                    selected: d.selection(),
+                    selected: d.selection(cx),
                 })
         }
+        let cx = &self.cx;
         match afi {
-            Afi::Ipv4 => Box::new(it(&self.v4)),
-            Afi::Ipv6 => Box::new(it(&self.v6)),
+            Afi::Ipv4 => Box::new(it(&self.v4, cx)),
+            Afi::Ipv6 => Box::new(it(&self.v6, cx)),
         }
     }
 
@@ -717,21 +838,27 @@ impl Rib {
     }
 
     fn view_of(&self, prefix: IpNet, d: &Dest) -> RouteView {
-        let best = d.paths.first().filter(|_| d.selected > 0);
-        let best_c = best.and_then(|b| self.cx.info(b).map(|i| (i, b)));
+        let best_c = d
+            .paths
+            .first()
+            .filter(|_| d.selected > 0)
+            .and_then(|b| self.cx.candidate(b));
         let paths = d
             .paths
             .iter()
             .enumerate()
             .map(|(i, p)| {
                 let info = self.cx.info(p);
-                let lost_on = match (&best_c, info) {
+                let res = self.cx.resolution(p);
+                let unresolved = match res.as_deref() {
+                    Some(Resolution::Unresolved(u)) => Some(u.describe()),
+                    _ => None,
+                };
+                let lost_on = match (&best_c, self.cx.candidate(p)) {
                     (_, _) if !p.accepted() => Some("refused by import policy"),
-                    (Some((bi, bp)), Some(pi)) if i >= d.selected as usize => {
-                        let (_, r) = compare(
-                            &Candidate { path: bp, peer: bi },
-                            &Candidate { path: p, peer: pi },
-                        );
+                    (_, None) if unresolved.is_some() => Some("next hop unresolvable"),
+                    (Some(bc), Some(pc)) if i >= d.selected as usize => {
+                        let (_, r) = compare(bc, &pc);
                         Some(if i > 0 && r == Reason::Equal {
                             "same next hop as a selected path"
                         } else {
@@ -739,6 +866,15 @@ impl Rib {
                         })
                     }
                     _ => None,
+                };
+                let (resolved_via, gateways, igp_cost) = match res.as_deref() {
+                    Some(Resolution::Recursive {
+                        via,
+                        gateways,
+                        metric,
+                    }) => (Some(*via), gateways.clone(), *metric),
+                    Some(Resolution::Connected) => (None, vec![p.attrs.next_hop.addr()], 0),
+                    _ => (None, Vec::new(), 0),
                 };
                 let a = &p.attrs.attrs;
                 let learned = p.source == Source::Learned;
@@ -751,6 +887,10 @@ impl Rib {
                     },
                     peer_address: info.filter(|_| learned).map(|i| i.address),
                     next_hop: learned.then_some(p.attrs.next_hop),
+                    resolved_via,
+                    gateways,
+                    igp_cost,
+                    unresolved,
                     as_path: a.as_path.to_string(),
                     origin: a.origin,
                     local_pref: a.local_pref.unwrap_or(DEFAULT_LOCAL_PREF),
@@ -791,13 +931,14 @@ impl Rib {
                 }
             })
             .collect();
+        let selection = RibChange {
+            prefix,
+            selected: d.selection(&self.cx),
+        };
         RouteView {
             prefix,
-            next_hops: next_hops_of(
-                d.paths[..d.selected as usize]
-                    .iter()
-                    .map(|p| (p.source, &p.attrs)),
-            ),
+            next_hops: selection.next_hops(),
+            gateways: selection.gateways(),
             paths,
         }
     }
@@ -805,7 +946,8 @@ impl Rib {
 
 /// Run the decision process over `dest`: the best path to the front, then the paths equal
 /// enough to share the load (up to `max_paths`, one per next hop; only learned paths: the
-/// node's own route stands alone).
+/// node's own route stands alone). Paths refused by import or with an unresolvable next hop
+/// are never selected (RFC 4271 9.1.2).
 fn select(dest: &mut Dest, cx: &Ctx) {
     let mut chosen = 0usize;
     let limit = cx.max_paths.min(u8::MAX as usize);
@@ -813,47 +955,34 @@ fn select(dest: &mut Dest, cx: &Ctx) {
         // The best of the remaining usable paths.
         let mut best: Option<usize> = None;
         for i in chosen..dest.paths.len() {
-            let p = &dest.paths[i];
-            let Some(pi) = cx.info(p).filter(|_| p.accepted()) else {
+            let Some(pc) = cx.candidate(&dest.paths[i]) else {
                 continue;
             };
             if chosen > 0 {
                 // After the first: only multipath-equal learned paths with a next hop not
                 // taken yet.
-                let b = &dest.paths[0];
-                let Some(bi) = cx.info(b) else { continue };
+                let Some(bc) = cx.candidate(&dest.paths[0]) else {
+                    continue;
+                };
+                let p = &dest.paths[i];
                 let nh_taken = dest.paths[..chosen]
                     .iter()
                     .any(|q| q.attrs.next_hop == p.attrs.next_hop);
-                if b.source.is_local()
+                if bc.path.source.is_local()
                     || p.source.is_local()
                     || nh_taken
-                    || !multipath_equal(
-                        &Candidate { path: b, peer: bi },
-                        &Candidate { path: p, peer: pi },
-                    )
+                    || !multipath_equal(&bc, &pc)
                 {
                     continue;
                 }
             }
-            best = match best {
+            best = match best.and_then(|j| Some((j, cx.candidate(&dest.paths[j])?))) {
                 None => Some(i),
-                Some(j) => {
-                    let q = &dest.paths[j];
-                    let qi = cx.info(q).filter(|_| q.accepted());
-                    match qi {
-                        Some(qi) => {
-                            let (o, _) = compare(
-                                &Candidate { path: p, peer: pi },
-                                &Candidate { path: q, peer: qi },
-                            );
-                            if o == std::cmp::Ordering::Less {
-                                Some(i)
-                            } else {
-                                Some(j)
-                            }
-                        }
-                        None => Some(i),
+                Some((j, qc)) => {
+                    if compare(&pc, &qc).0 == std::cmp::Ordering::Less {
+                        Some(i)
+                    } else {
+                        Some(j)
                     }
                 }
             };

@@ -298,3 +298,132 @@ fn a_prefix_with_one_path_needs_no_allocation_of_its_own() {
     assert!(std::mem::size_of::<Dest>() <= 32);
     assert!(!Dest::default().paths.spilled());
 }
+
+fn under(dst: &str, gws: &[&str], metric: u32) -> UnderlayRoute {
+    UnderlayRoute {
+        dst: dst.parse().unwrap(),
+        gateways: gws.iter().map(|g| g.parse().unwrap()).collect(),
+        metric,
+        reachable: true,
+    }
+}
+
+fn ips(v: &[&str]) -> Vec<IpAddr> {
+    v.iter().map(|a| a.parse().unwrap()).collect()
+}
+
+/// The iBGP peer's routes carry its loopback 10.255.0.2 as next hop, two hops away.
+#[test]
+fn next_hops_resolve_through_the_underlay_and_follow_it() {
+    let mut r = rib();
+    let mut out = Vec::new();
+    let connected = under("198.51.100.0/24", &[], 0);
+    r.set_underlay(vec![connected.clone()], &mut out);
+    assert!(out.is_empty());
+    r.announce(
+        2,
+        P.parse().unwrap(),
+        ok(route("10.255.0.2", &[])),
+        &mut out,
+    );
+    assert!(out.is_empty(), "no route to the next hop: not selected");
+    let v = r.view();
+    assert_eq!(v[0].paths[0].unresolved, Some("no route to the next hop"));
+    assert_eq!(v[0].paths[0].lost_on, Some("next hop unresolvable"));
+    assert!(v[0].gateways.is_empty());
+
+    // A static route to the loopback: selected, forwarded to the route's gateway.
+    let static_route = under("10.255.0.0/24", &["198.51.100.9"], 20);
+    r.set_underlay(vec![connected.clone(), static_route.clone()], &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].next_hops(), vec![nh("10.255.0.2")]);
+    assert_eq!(out[0].gateways(), ips(&["198.51.100.9"]));
+    let v = r.view();
+    assert_eq!(
+        v[0].paths[0].resolved_via,
+        Some("10.255.0.0/24".parse().unwrap())
+    );
+    assert_eq!(v[0].paths[0].igp_cost, 20);
+    out.clear();
+
+    // The same underlay again: nothing changes.
+    r.set_underlay(vec![static_route.clone(), connected.clone()], &mut out);
+    assert!(out.is_empty());
+
+    // The covering route moves to two gateways: re-resolved, the selection stays.
+    r.set_underlay(
+        vec![
+            connected.clone(),
+            under("10.255.0.0/16", &["198.51.100.7", "198.51.100.8"], 20),
+        ],
+        &mut out,
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].gateways(), ips(&["198.51.100.7", "198.51.100.8"]));
+    out.clear();
+
+    // Only the default route left: the prefix leaves the Loc-RIB.
+    r.set_underlay(
+        vec![connected, under("0.0.0.0/0", &["198.51.100.9"], 0)],
+        &mut out,
+    );
+    assert_eq!(hops(&out), vec![(P.parse().unwrap(), vec![])]);
+    assert_eq!(
+        r.view()[0].paths[0].unresolved,
+        Some("only the default route covers the next hop")
+    );
+}
+
+#[test]
+fn lower_igp_cost_wins_and_equal_cost_shares_the_load() {
+    let mut r = rib();
+    r.set_peer(3, peer("node4", "198.51.100.5", [5, 5, 5, 5], false));
+    let mut out = Vec::new();
+    let base = vec![
+        under("198.51.100.0/24", &[], 0),
+        under("10.255.0.2/32", &["198.51.100.9"], 10),
+        under("10.255.0.3/32", &["198.51.100.10"], 30),
+    ];
+    r.set_underlay(base.clone(), &mut out);
+    r.announce(
+        2,
+        P.parse().unwrap(),
+        ok(route("10.255.0.2", &[])),
+        &mut out,
+    );
+    r.announce(
+        3,
+        P.parse().unwrap(),
+        ok(route("10.255.0.3", &[])),
+        &mut out,
+    );
+    // node3 (router id 4.4.4.4) wins on IGP cost before router id could decide.
+    assert_eq!(out.last().unwrap().gateways(), ips(&["198.51.100.9"]));
+    let v = r.view();
+    let lost = v[0].paths.iter().find(|p| !p.best).unwrap();
+    assert_eq!(lost.lost_on, Some("lower IGP cost to the next hop"));
+    out.clear();
+    // The far loopback gets closer: costs now equal, both share the load.
+    let mut nearer = base.clone();
+    nearer[2].metric = 10;
+    r.set_underlay(nearer, &mut out);
+    assert_eq!(
+        out.last().unwrap().gateways(),
+        ips(&["198.51.100.9", "198.51.100.10"])
+    );
+}
+
+#[test]
+fn without_an_underlay_every_next_hop_counts_as_connected() {
+    let mut r = rib();
+    let mut out = Vec::new();
+    r.announce(
+        2,
+        P.parse().unwrap(),
+        ok(route("10.255.0.2", &[])),
+        &mut out,
+    );
+    assert_eq!(out[0].gateways(), ips(&["10.255.0.2"]));
+    assert!(out[0].selected[0].resolution.is_none());
+    assert_eq!(r.underlay_len(), None);
+}

@@ -425,6 +425,9 @@ impl Manager {
             SpeakerCmd::NodeAddresses(addresses) => {
                 self.rib(RibEvent::NodeAddresses { addresses }).await;
             }
+            SpeakerCmd::Underlay(routes) => {
+                self.rib(RibEvent::Underlay { routes }).await;
+            }
             SpeakerCmd::Liveness {
                 peer,
                 up,

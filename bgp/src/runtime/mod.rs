@@ -277,6 +277,9 @@ pub struct SpeakerStatus {
     pub loc_rib: (usize, usize),
     /// Whether the initial table is complete (every peer's End-of-RIB or the timeout).
     pub synced: bool,
+    /// Underlay routes known for next-hop tracking (none: nobody fed them yet, so every
+    /// next hop counts as connected).
+    pub underlay_routes: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -365,6 +368,18 @@ impl Speaker {
             .map_err(|_| Error::Stopped)
     }
 
+    /// The kernel routes next hops resolve through (next-hop tracking), whole: connected,
+    /// static and other daemons' routes of the main table, not Petrel's own. A path whose
+    /// next hop none of them covers (the default route does not count) is not selected;
+    /// one behind a route with gateways is forwarded to those gateways. Until the first
+    /// call every next hop counts as connected.
+    pub async fn set_underlay(&self, routes: Vec<crate::rib::UnderlayRoute>) -> Result<(), Error> {
+        self.tx
+            .send(SpeakerCmd::Underlay(routes))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
     /// What a liveness detector (BFD) says of the path to peer `name` (RFC 5882). Down on
     /// an Established session ends it at once with Cease subcode 10, "BFD Down" (RFC 9384),
     /// and its routes leave the table, unless the session negotiated graceful restart and the
@@ -430,6 +445,7 @@ impl Speaker {
             peers,
             loc_rib: rib.loc_rib,
             synced: rib.synced,
+            underlay_routes: rib.underlay,
         }
     }
 

@@ -62,6 +62,8 @@ pub(crate) enum SpeakerCmd {
         done: oneshot::Sender<()>,
     },
     NodeAddresses(Vec<IpNet>),
+    /// The kernel's routes next hops are resolved through (next-hop tracking), whole.
+    Underlay(Vec<crate::rib::UnderlayRoute>),
     /// A liveness detector's verdict on the path to a peer, sent by the agent's BFD watcher
     /// (one per peer, which waits when this queue is full; nothing waits on the watcher).
     /// The manager forwards it, awaiting room in the peer's queue: the peer task never
@@ -226,6 +228,11 @@ pub enum RibEvent {
     /// next hops and prefixes with).
     NodeAddresses {
         addresses: Vec<IpNet>,
+    },
+    /// The underlay next hops resolve through, whole (next-hop tracking): paths whose next
+    /// hop resolves differently are selected again.
+    Underlay {
+        routes: Vec<crate::rib::UnderlayRoute>,
     },
 }
 
@@ -449,6 +456,8 @@ pub(crate) struct RibSnapshot {
     pub local: Vec<(Source, Vec<IpNet>)>,
     pub loc_rib: (usize, usize),
     pub synced: bool,
+    /// Underlay routes known for next-hop tracking (none: not fed yet).
+    pub underlay: Option<usize>,
 }
 
 /// Where every task publishes its status; read without waiting on any task.

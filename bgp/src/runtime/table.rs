@@ -384,6 +384,16 @@ impl Table {
                     }
                 }
             }
+            RibEvent::Underlay { routes } => {
+                let before = changes.len();
+                self.rib.set_underlay(routes, &mut changes);
+                if changes.len() > before {
+                    info!(
+                        changed = changes.len() - before,
+                        "next hops resolve differently"
+                    );
+                }
+            }
             RibEvent::SetLocal { source, routes } => {
                 let list: Vec<(IpNet, Arc<RouteAttrs>)> = routes
                     .into_iter()
@@ -758,6 +768,7 @@ impl Table {
                 .collect(),
             loc_rib: self.rib.selected_count(),
             synced: self.synced,
+            underlay: self.rib.underlay_len(),
         }
     }
 
