@@ -197,7 +197,7 @@ pub fn peer_ranges(cfg: &Config) -> anyhow::Result<Vec<petrel_bgp::PeerRange>> {
         .collect()
 }
 
-fn peer(p: &petrel_config::PeerConfig) -> anyhow::Result<PeerConfig> {
+pub(crate) fn peer(p: &petrel_config::PeerConfig) -> anyhow::Result<PeerConfig> {
     {
         {
             let md5_key = match &p.password_file {

@@ -10,6 +10,7 @@ mod convert;
 mod display;
 mod fib;
 mod k8s;
+mod mesh;
 mod metrics;
 mod msg;
 mod run;

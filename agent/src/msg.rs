@@ -7,6 +7,7 @@
 //!   speaker ──RibOutput (4 batches)──────►   ▲  │
 //!   monitor thread ──deletions (64)──────────┘  └──► FibSnapshot ◄── status, metrics (read)
 //!   underlay thread ──UnderlayTx (latest)──► forwarder task ──► speaker (next-hop tracking)
+//!   node watcher ──NodesTx (latest)──► mesh task ──► speaker peers (mesh.rs)
 //! ```
 //!
 //! The FIB task never waits on anything but the netlink writer thread (which waits only on
@@ -26,6 +27,13 @@ use tokio::sync::{mpsc, oneshot};
 /// table is kept (older ones are void anyway).
 pub type UnderlayTx = tokio::sync::watch::Sender<Arc<Vec<petrel_bgp::rib::UnderlayRoute>>>;
 pub type UnderlayRx = tokio::sync::watch::Receiver<Arc<Vec<petrel_bgp::rib::UnderlayRoute>>>;
+
+/// Every Node of the cluster as the mesh sees it (`None` until the first list is complete).
+/// Sent by the node watcher task, which replaces the value and never waits; received by
+/// the mesh task. Bound: one value; a mesh task behind sees only the latest set.
+pub type NodesTx = tokio::sync::watch::Sender<Option<Arc<NodeSet>>>;
+pub type NodesRx = tokio::sync::watch::Receiver<Option<Arc<NodeSet>>>;
+pub type NodeSet = std::collections::BTreeMap<String, crate::mesh::MeshNode>;
 
 /// Sent by the agent's main task, received by the FIB task; bound 16; the sender waits when
 /// it is full (the FIB task never waits on the sender).

@@ -231,6 +231,7 @@ async fn serve(opts: RunOpts, cfg: Config, started: Started) -> anyhow::Result<(
     let agent = Arc::new(Agent {
         speaker: speaker.clone(),
         bfd,
+        peers: crate::mesh::PeerSet::new(cfg.peers.clone()),
         fib: fib.clone(),
         node: std::sync::RwLock::new(NodeInfo {
             name: node_name.clone(),
@@ -253,10 +254,28 @@ async fn serve(opts: RunOpts, cfg: Config, started: Started) -> anyhow::Result<(
     // processing keeps the main workers, they read snapshots and answer.
     let status_rt = status_runtime().context("start the status thread")?;
     let _guard = control::serve(socket, agent.clone(), &status_rt)?;
-    if let (PodCidrs::Kubernetes, Some(name)) = (&cfg.node.pod_cidrs, node_name) {
-        let client = kube::Client::try_default()
-            .await
-            .context("Kubernetes client (in-cluster config or KUBECONFIG)")?;
+    let kube = if cfg.node.pod_cidrs == PodCidrs::Kubernetes || cfg.mesh.is_some() {
+        Some(
+            kube::Client::try_default()
+                .await
+                .context("Kubernetes client (in-cluster config or KUBECONFIG)")?,
+        )
+    } else {
+        None
+    };
+    if let (Some(mesh), Some(client)) = (&cfg.mesh, &kube) {
+        let me = crate::k8s::node_name(node_name.as_deref())?;
+        info!(node = %me, "mesh: every other Node is a peer");
+        let nodes = crate::mesh::watch_nodes(client.clone());
+        tokio::spawn(crate::mesh::run(
+            agent.clone(),
+            me,
+            mesh.template.clone(),
+            nodes,
+        ));
+    }
+    if let (PodCidrs::Kubernetes, Some(name), Some(client)) = (&cfg.node.pod_cidrs, node_name, kube)
+    {
         info!(node = %name, "pod CIDRs come from the Kubernetes Node object");
         let mut rx = crate::k8s::watch_pod_cidrs(client, name);
         let agent = agent.clone();
@@ -399,12 +418,17 @@ async fn reload(path: &Path, old: &Config, agent: &Agent) -> anyhow::Result<Conf
     if new.fib != old.fib || new.control != old.control || new.bgp != old.bgp {
         warn!("fib, control and bgp settings take effect at the next restart");
     }
-    agent.speaker.set_peers(convert::peers(&new)?).await?;
+    if new.mesh != old.mesh {
+        warn!("mesh settings take effect at the next restart");
+    }
+    agent
+        .peers
+        .set_config(new.peers.clone(), &agent.speaker, &agent.bfd)
+        .await?;
     agent
         .speaker
         .set_peer_ranges(convert::peer_ranges(&new)?)
         .await?;
-    agent.bfd.apply(&new.peers, &agent.speaker).await;
     agent.bfd.reassert(&agent.speaker).await;
     if let (PodCidrs::Static(a), PodCidrs::Static(b)) = (&old.node.pod_cidrs, &new.node.pod_cidrs)
         && a != b
@@ -427,5 +451,6 @@ async fn reload(path: &Path, old: &Config, agent: &Agent) -> anyhow::Result<Conf
     kept.fib = old.fib.clone();
     kept.control = old.control.clone();
     kept.bgp = old.bgp.clone();
+    kept.mesh = old.mesh.clone();
     Ok(kept)
 }

@@ -30,6 +30,8 @@ pub struct NodeInfo {
 pub struct Agent {
     pub speaker: Speaker,
     pub bfd: crate::bfd::Bfd,
+    /// The config file's peers and the mesh's, set together.
+    pub peers: crate::mesh::PeerSet,
     pub fib: Fib,
     pub node: RwLock<NodeInfo>,
     pub protocol: u8,

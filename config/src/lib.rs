@@ -48,6 +48,8 @@ pub struct Config {
     pub peers: Vec<PeerConfig>,
     /// Dynamic peers: sessions accepted from any address of a range (`peer_ranges:`).
     pub peer_ranges: Vec<PeerRange>,
+    /// The automatic iBGP node mesh (`mesh: { from: kubernetes }`); `None`: `mesh: none`.
+    pub mesh: Option<MeshConfig>,
     pub bgp: BgpConfig,
     pub fib: FibConfig,
     pub control: ControlConfig,
@@ -323,6 +325,15 @@ pub struct PeerRange {
     pub name: String,
     pub range: IpNet,
     pub max_peers: u32,
+    pub template: PeerConfig,
+}
+
+/// The node mesh: each other Node of the cluster is an iBGP peer at each of its
+/// InternalIPs, with the settings of `template` (its name and address mean nothing). Nodes
+/// labelled `petrel.io/route-reflector: "true"` are the reflectors: when any exist, the
+/// other nodes peer only with them, and they with everyone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshConfig {
     pub template: PeerConfig,
 }
 

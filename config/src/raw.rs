@@ -16,6 +16,8 @@ pub(crate) struct RawConfig {
     /// `address`.
     #[serde(default)]
     pub peer_ranges: Vec<S<RawPeer>>,
+    /// `mesh: none` or `mesh: { from: kubernetes, ...settings of a peer }`.
+    pub mesh: Option<S<RawMesh>>,
     pub bgp: Option<S<RawBgp>>,
     pub fib: Option<S<RawFib>>,
     pub control: Option<S<RawControl>>,
@@ -91,13 +93,17 @@ pub(crate) struct RawMinLen {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPeer {
-    pub name: S<String>,
+    /// Required for peers and ranges; the mesh has none.
+    pub name: Option<S<String>>,
+    /// The mesh's source of nodes (`mesh:` only).
+    pub from: Option<S<String>>,
     /// A configured peer's address (`peers:`).
     pub address: Option<S<String>>,
     /// A peer range's addresses and cap (`peer_ranges:`).
     pub range: Option<S<String>>,
     pub max_peers: Option<S<i64>>,
-    pub asn: S<i64>,
+    /// Required for peers and ranges; the mesh's is the node's.
+    pub asn: Option<S<i64>>,
     pub port: Option<S<i64>>,
     pub local_address: Option<S<String>>,
     #[serde(default)]
@@ -119,6 +125,36 @@ pub(crate) struct RawPeer {
     pub export: Option<S<Vec<S<RawRule>>>>,
     pub bfd: Option<S<RawBfdOrBool>>,
     pub route_reflector_client: Option<S<bool>>,
+}
+
+/// `mesh: none`, or the mesh's settings: those of a peer, with `from:`.
+#[derive(Debug)]
+pub(crate) enum RawMesh {
+    None(String),
+    Table(Box<RawPeer>),
+}
+
+impl<'de> Deserialize<'de> for RawMesh {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawMesh;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("none or a table such as { from: kubernetes }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawMesh::None(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                RawPeer::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|t| RawMesh::Table(Box::new(t)))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `bfd: true` or `bfd: { enabled: true, min_rx: 300, ... }`. Not `#[serde(untagged)]`:

@@ -170,7 +170,7 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig, base: Option<&Path>) -> Config {
                 addrs.insert(addr, a.referenced);
             }
         }
-        if let Some(peer) = peer(cx, p, &bgp, &pod_cidrs, base, node.asn, None) {
+        if let Some(peer) = peer(cx, p, &bgp, &pod_cidrs, base, node.asn, Kind::Peer) {
             peers.push(peer);
         }
     }
@@ -199,20 +199,41 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig, base: Option<&Path>) -> Config {
         }
         let max_peers = cx.opt_int(&p.value.max_peers, 1, 100_000, "max_peers", 1000);
         if let Some(range) = range
-            && let Some(template) = peer(cx, p, &bgp, &pod_cidrs, base, node.asn, Some(range))
+            && let Some(template) =
+                peer(cx, p, &bgp, &pod_cidrs, base, node.asn, Kind::Range(range))
         {
             peer_ranges.push(PeerRange {
-                name: p.value.name.value.clone(),
+                name: template.name.clone(),
                 range: range.trunc(),
                 max_peers,
                 template,
             });
         }
     }
+    let mesh = raw.mesh.and_then(|m| {
+        let (referenced, defined) = (m.referenced, m.defined);
+        match m.value {
+            RawMesh::None(word) => {
+                if word != "none" {
+                    cx.err(
+                        referenced,
+                        format!("mesh {word:?}: none, or a table such as {{ from: kubernetes }}"),
+                    );
+                }
+                None
+            }
+            RawMesh::Table(t) => {
+                let t = Spanned::new(*t, referenced, defined);
+                peer(cx, &t, &bgp, &pod_cidrs, base, node.asn, Kind::Mesh)
+                    .map(|template| MeshConfig { template })
+            }
+        }
+    });
     Config {
         node,
         peers,
         peer_ranges,
+        mesh,
         bgp,
         fib: fib(cx, raw.fib.as_ref()),
         control: ControlConfig {
@@ -235,7 +256,12 @@ fn build(cx: &mut Ctx<'_>, raw: RawConfig, base: Option<&Path>) -> Config {
 }
 
 /// Peer and peer range names are one namespace: the second use of a name is an error.
-fn unique_name(cx: &mut Ctx<'_>, names: &mut HashMap<String, Location>, name: &Spanned<String>) {
+fn unique_name(
+    cx: &mut Ctx<'_>,
+    names: &mut HashMap<String, Location>,
+    name: &Option<Spanned<String>>,
+) {
+    let Some(name) = name else { return };
     if let Some(first) = names.get(&name.value) {
         let msg = format!(
             "duplicate peer name {:?} (first at line {})",
@@ -483,12 +509,62 @@ fn peer(
     pod_cidrs: &[IpNet],
     base: Option<&Path>,
     node_asn: u32,
-    // `Some`: a peer range's template.
-    range: Option<IpNet>,
+    kind: Kind,
 ) -> Option<PeerConfig> {
     let p = &raw.value;
     let before = cx.problems.len();
-    if range.is_none() {
+    let range = match kind {
+        Kind::Range(r) => Some(r),
+        _ => None,
+    };
+    let mesh = kind == Kind::Mesh;
+    match (&p.from, mesh) {
+        (Some(f), false) => cx.err(f.referenced, "`from` belongs in mesh"),
+        (Some(f), true) if f.value != "kubernetes" => cx.err(
+            f.referenced,
+            format!(
+                "mesh from {:?}: only kubernetes (the cluster's Nodes)",
+                f.value
+            ),
+        ),
+        (None, true) => cx.err(raw.referenced, "the mesh needs `from: kubernetes`"),
+        _ => {}
+    }
+    if mesh {
+        for (set, what) in [
+            (p.name.as_ref().map(|s| s.referenced), "name"),
+            (p.address.as_ref().map(|s| s.referenced), "address"),
+            (p.range.as_ref().map(|s| s.referenced), "range"),
+            (p.max_peers.as_ref().map(|s| s.referenced), "max_peers"),
+            (
+                p.local_address.as_ref().map(|s| s.referenced),
+                "local_address",
+            ),
+            (
+                p.route_reflector_client.as_ref().map(|s| s.referenced),
+                "route_reflector_client",
+            ),
+        ] {
+            if let Some(at) = set {
+                cx.err(
+                    at,
+                    match what {
+                        "route_reflector_client" => "`route_reflector_client` does not belong in mesh: Nodes labelled petrel.io/route-reflector: \"true\" are the reflectors".to_string(),
+                        _ => format!("`{what}` does not belong in mesh: each Node's InternalIPs are its peers"),
+                    },
+                );
+            }
+        }
+    }
+    let name = match (&p.name, mesh) {
+        (_, true) => "mesh".to_string(),
+        (Some(n), false) => n.value.clone(),
+        (None, false) => {
+            cx.err(raw.referenced, "a peer needs `name:`");
+            return None;
+        }
+    };
+    if range.is_none() && !mesh {
         if let Some(r) = &p.range {
             cx.err(r.referenced, "`range` belongs in peer_ranges, not peers");
         }
@@ -500,6 +576,7 @@ fn peer(
         }
     }
     let address = match (range, &p.address) {
+        _ if mesh => Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         (None, Some(a)) => cx.parse::<IpAddr>(a, "peer address"),
         (None, None) => {
             cx.err(raw.referenced, "a peer needs `address:`");
@@ -512,16 +589,18 @@ fn peer(
             Some(r.network())
         }
     };
-    if p.name.value.is_empty() {
-        cx.err(p.name.referenced, "peer name is empty");
-    } else if !safe_name(&p.name.value, 64, false) {
-        cx.err(
-            p.name.referenced,
-            format!(
-                "peer name {:?}: only letters, digits, '.', '_' and '-', at most 64",
-                p.name.value
-            ),
-        );
+    if let Some(n) = &p.name {
+        if n.value.is_empty() {
+            cx.err(n.referenced, "peer name is empty");
+        } else if !safe_name(&n.value, 64, false) {
+            cx.err(
+                n.referenced,
+                format!(
+                    "peer name {:?}: only letters, digits, '.', '_' and '-', at most 64",
+                    n.value
+                ),
+            );
+        }
     }
     // Where to point at the address (the range's, for a range).
     let addr_at = p
@@ -531,6 +610,7 @@ fn peer(
         .map(|a| a.referenced)
         .unwrap_or(raw.referenced);
     if range.is_none()
+        && !mesh
         && let Some(a) = address
         && (a.is_unspecified() || a.is_multicast())
     {
@@ -539,7 +619,24 @@ fn peer(
             format!("peer address {a} is not a unicast address"),
         );
     }
-    let peer_asn = asn(cx, &p.asn, "peer ASN");
+    let peer_asn = match (&p.asn, mesh) {
+        (Some(a), true) => {
+            let n = asn(cx, a, "mesh ASN");
+            if n != node_asn {
+                cx.err(
+                    a.referenced,
+                    format!("the mesh is iBGP: asn {n} is not the node's {node_asn}"),
+                );
+            }
+            n
+        }
+        (None, true) => node_asn,
+        (Some(a), false) => asn(cx, a, "peer ASN"),
+        (None, false) => {
+            cx.err(raw.referenced, "a peer needs `asn:`");
+            0
+        }
+    };
     let port = cx.opt_int(&p.port, 1, 65535, "port", BGP_PORT);
     let local_address = p
         .local_address
@@ -717,7 +814,7 @@ fn peer(
         return None;
     }
     Some(PeerConfig {
-        name: p.name.value.clone(),
+        name,
         address: address?,
         port,
         asn: peer_asn,
@@ -740,6 +837,16 @@ fn peer(
         bfd,
         route_reflector_client,
     })
+}
+
+/// What a set of peer settings is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Peer,
+    /// A peer range's template.
+    Range(IpNet),
+    /// The mesh's template: every other Node is a peer with these settings.
+    Mesh,
 }
 
 fn import(cx: &mut Ctx<'_>, raw: &RawImport) -> ImportPolicy {

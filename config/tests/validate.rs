@@ -496,3 +496,60 @@ fn route_reflector_and_peer_range_problems() {
         ]
     );
 }
+
+#[test]
+fn mesh_forms_are_accepted_as_written() {
+    let head = "node: { asn: 65000, router_id: 198.18.0.1, pod_cidrs: [10.244.2.0/24] }\n";
+    let cfg = parse_str(
+        &format!("{head}mesh: {{ from: kubernetes }}\n"),
+        "p.yaml",
+        None,
+    )
+    .unwrap();
+    let m = cfg.mesh.expect("mesh");
+    assert_eq!((m.template.asn, m.template.hold_time), (65000, 90));
+    let cfg = parse_str(&format!("{head}mesh: none\n"), "p.yaml", None).unwrap();
+    assert!(cfg.mesh.is_none());
+    let cfg = parse_str(head, "p.yaml", None).unwrap();
+    assert!(cfg.mesh.is_none(), "none by default");
+    let cfg = parse_str(
+        &format!("{head}mesh: {{ from: kubernetes, hold_time: 9, connect_retry: 1 }}\n"),
+        "p.yaml",
+        None,
+    )
+    .unwrap();
+    let t = cfg.mesh.unwrap().template;
+    assert_eq!((t.hold_time, t.keepalive, t.connect_retry), (9, 3, 1));
+}
+
+#[test]
+fn mesh_problems() {
+    let head = "node: { asn: 65000, router_id: 198.18.0.1, pod_cidrs: [10.244.2.0/24] }\n";
+    assert_eq!(
+        problems(&format!("{head}mesh: full\n")),
+        ["p.yaml:2:7: mesh \"full\": none, or a table such as { from: kubernetes }"]
+    );
+    assert_eq!(
+        problems(&format!("{head}mesh: {{ hold_time: 9 }}\n")),
+        ["p.yaml:2:7: the mesh needs `from: kubernetes`"]
+    );
+    assert_eq!(
+        problems(&format!(
+            "{head}mesh: {{ from: etcd, asn: 65001, address: 192.0.2.1 }}\n"
+        )),
+        [
+            "p.yaml:2:15: mesh from \"etcd\": only kubernetes (the cluster's Nodes)",
+            "p.yaml:2:26: the mesh is iBGP: asn 65001 is not the node's 65000",
+            "p.yaml:2:42: `address` does not belong in mesh: each Node's InternalIPs are its peers",
+        ]
+    );
+    assert_eq!(
+        problems(&format!(
+            "{head}peers:\n  - {{ name: a, address: 192.0.2.1, asn: 65001, from: kubernetes }}\n  - {{ address: 192.0.2.2, asn: 65001 }}\n"
+        )),
+        [
+            "p.yaml:3:54: `from` belongs in mesh",
+            "p.yaml:4:5: a peer needs `name:`",
+        ]
+    );
+}

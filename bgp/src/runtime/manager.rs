@@ -503,6 +503,11 @@ impl Manager {
                 Some(h) if h.cfg.only_policy_differs(&p) => {
                     info!(peer = %p.name, "policy changed: applied without a reset");
                     h.cfg = p.clone();
+                    h.shared
+                        .status
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .route_reflector_client = p.route_reflector_client;
                     let id = h.id;
                     let ev = self.peer_config_event(id, &p);
                     self.rib(ev).await;

@@ -163,10 +163,13 @@ impl PeerConfig {
     }
 
     /// Whether a change from `self` to `other` can be applied without resetting the session.
+    /// Whether only import, export or route reflection differ: applied to the table with
+    /// no session reset.
     fn only_policy_differs(&self, other: &PeerConfig) -> bool {
         let mut a = self.clone();
         a.import = other.import.clone();
         a.export = other.export.clone();
+        a.route_reflector_client = other.route_reflector_client;
         &a == other
     }
 
