@@ -55,10 +55,9 @@ impl Conn {
         let last_rx = Arc::new(AtomicU64::new(now_ms()));
         let rx_stamp = last_rx.clone();
         let reader = tokio::spawn(async move {
-            // Small while the peer is quiet (a thousand idle sessions are a thousand
-            // buffers), large while it streams: the next buffer is 64 KiB after a read that
-            // filled the space it had, 4 KiB otherwise.
-            let mut buf = BytesMut::with_capacity(4096);
+            // None while the peer is quiet, large while it streams: the next buffer is
+            // 64 KiB after a read that filled the space it had, 4 KiB otherwise.
+            let mut buf = BytesMut::new();
             let mut streaming = false;
             loop {
                 // Hand out every whole message already buffered.
@@ -76,6 +75,15 @@ impl Conn {
                             let _ = events.send((id, ConnEvent::Malformed(e))).await;
                             return;
                         }
+                    }
+                }
+                // Quiet and nothing half-read: hold no buffer while waiting (a thousand idle
+                // sessions would otherwise hold a thousand), take one once data is there.
+                if !streaming && buf.is_empty() {
+                    buf = BytesMut::new();
+                    if let Err(e) = rd.readable().await {
+                        let _ = events.send((id, ConnEvent::Closed(Some(e)))).await;
+                        return;
                     }
                 }
                 let room = if streaming { 64 * 1024 } else { 4096 };
