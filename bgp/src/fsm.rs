@@ -514,9 +514,11 @@ impl Fsm {
             let gr = self.negotiated().map(|n| n.gr).unwrap_or(false);
             if gr {
                 // RFC 4724 4.2: a new connection from a graceful-restart peer while the old
-                // session is up means the peer restarted: the old session ends, its routes
-                // are kept stale, and the new connection proceeds.
-                self.drop_slot(other, DownReason::PeerRestarted, out);
+                // session is up may mean the peer restarted. Only its OPEN says so: a
+                // connection the peer opened before the session came up (a collision it
+                // then drops) must not end the session. The new connection proceeds; the
+                // OPEN on it decides (see `open_received`).
+                let _ = other;
             } else {
                 // 6.8: an Established session wins against a new connection.
                 out.push(Action::Send(
@@ -737,6 +739,15 @@ impl Fsm {
         };
         // Collision detection (6.8) against the other connection if it has the peer's OPEN.
         let other = d.other();
+        if d == Dir::In
+            && self.phase(other) == Some(Phase::Established)
+            && self.negotiated().is_some_and(|n| n.gr)
+        {
+            // RFC 4724 4.2: an OPEN on a new connection from a graceful-restart peer while
+            // the session is up: the peer restarted. The old session ends, its routes are
+            // kept stale, and the new connection proceeds.
+            self.drop_slot(other, DownReason::PeerRestarted, out);
+        }
         if matches!(
             self.phase(other),
             Some(Phase::OpenConfirm | Phase::Established)

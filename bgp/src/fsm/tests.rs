@@ -368,14 +368,32 @@ fn established_session_wins_against_a_new_connection() {
 fn graceful_restart_peer_reconnecting_replaces_the_old_session() {
     let mut f = established(HIGH, true);
     let a = f.handle(Input::Connected(Dir::In));
-    assert_eq!(down(&a), Some((DownReason::PeerRestarted, vec![Afi::Ipv4])));
-    assert!(a.contains(&Action::Close(Dir::Out)));
+    // The connection alone decides nothing: the OPEN on it does (RFC 4724 4.2).
+    assert_eq!(down(&a), None);
+    assert_eq!(f.state(), State::Established);
     assert!(
         sends(&a, Dir::In)
             .iter()
             .any(|m| matches!(m, Message::Open(_)))
     );
-    assert_eq!(f.state(), State::OpenSent);
+    let a = f.handle(Input::Message(Dir::In, peer_open(HIGH, true)));
+    assert_eq!(down(&a), Some((DownReason::PeerRestarted, vec![Afi::Ipv4])));
+    assert!(a.contains(&Action::Close(Dir::Out)));
+    assert_eq!(f.state(), State::OpenConfirm);
+}
+
+/// Both sides connect at once; the session comes up on one connection and the peer then
+/// drops its other one, which reached us after we were Established: that must not end
+/// the session (it did, as "peer restarted", in a 30-node mesh).
+#[test]
+fn a_graceful_restart_peer_s_late_collision_connection_leaves_the_session_up() {
+    let mut f = established(HIGH, true);
+    let a = f.handle(Input::Connected(Dir::In));
+    assert_eq!(down(&a), None);
+    let a = f.handle(Input::Closed(Dir::In));
+    assert_eq!(down(&a), None);
+    assert_eq!(f.state(), State::Established);
+    assert_eq!(f.established_dir(), Some(Dir::Out));
 }
 
 #[test]
