@@ -514,6 +514,20 @@ pub enum OutNextHop {
 pub struct OutRoute {
     pub attrs: PathAttrs,
     pub next_hop: OutNextHop,
+    /// The UPDATE last encoded for it, shared by every peer that sends the same (the
+    /// per-origin routes a reflector sends each client): not part of the route's identity.
+    #[serde(skip)]
+    pub encoded: crate::wire::EncodedOnce,
+}
+
+impl OutRoute {
+    pub fn new(attrs: PathAttrs, next_hop: OutNextHop) -> OutRoute {
+        OutRoute {
+            attrs,
+            next_hop,
+            encoded: Default::default(),
+        }
+    }
 }
 
 /// A path the Loc-RIB selected, as export sees it.
@@ -638,10 +652,7 @@ impl ExportContext<'_> {
         } else {
             OutNextHop::Unchanged(c.attrs.next_hop)
         };
-        Some(OutRoute {
-            attrs: out,
-            next_hop,
-        })
+        Some(OutRoute::new(out, next_hop))
     }
 }
 

@@ -189,14 +189,14 @@ mod tests {
     use crate::wire::PathAttrs;
 
     fn route(med: u32, originator: Option<&str>) -> Arc<OutRoute> {
-        Arc::new(OutRoute {
-            attrs: PathAttrs {
+        Arc::new(OutRoute::new(
+            PathAttrs {
                 med: Some(med),
                 originator_id: originator.map(|o| o.parse().unwrap()),
                 ..Default::default()
             },
-            next_hop: OutNextHop::Local,
-        })
+            OutNextHop::Local,
+        ))
     }
 
     fn gr(r: &Arc<OutRoute>, source: Source, from: Option<PeerId>) -> GroupRoute {

@@ -193,6 +193,9 @@ async fn writer(
     let _ = tokio::time::timeout(Duration::from_secs(2), wr.shutdown()).await;
 }
 
+/// Most prefixes of one route in a batch for its encoding to be kept and shared.
+const SHARED_ENCODING_MAX: usize = 2;
+
 /// The UPDATEs for one drain of the mailbox: withdrawals, then the announcements grouped by
 /// shared route (one attribute set, many prefixes), then End-of-RIB markers.
 pub(crate) fn encode_batch(
@@ -237,34 +240,50 @@ pub(crate) fn encode_batch(
         }
     }
     for (route, v4, v6) in groups {
-        let mut reach = Vec::new();
-        for (afi, list, local) in [(Afi::Ipv4, v4, nh4), (Afi::Ipv6, v6, nh6)] {
-            if list.is_empty() {
-                continue;
+        let encode = |v4: Vec<ipnet::IpNet>, v6: Vec<ipnet::IpNet>| {
+            let mut reach = Vec::new();
+            for (afi, list, local) in [(Afi::Ipv4, v4, nh4), (Afi::Ipv6, v6, nh6)] {
+                if list.is_empty() {
+                    continue;
+                }
+                let next_hop = match route.next_hop {
+                    OutNextHop::Local => local,
+                    OutNextHop::Unchanged(nh) => Some(nh),
+                };
+                // No usable next hop for the family on this session: not advertised (the
+                // peer task warned when the session came up).
+                if let Some(next_hop) = next_hop {
+                    reach.push(Reach {
+                        afi,
+                        next_hop,
+                        prefixes: list,
+                    });
+                }
             }
-            let next_hop = match route.next_hop {
-                OutNextHop::Local => local,
-                OutNextHop::Unchanged(nh) => Some(nh),
-            };
-            // No usable next hop for the family on this session: not advertised (the peer
-            // task warned when the session came up).
-            if let Some(next_hop) = next_hop {
-                reach.push(Reach {
-                    afi,
-                    next_hop,
-                    prefixes: list,
-                });
+            if reach.is_empty() {
+                return Vec::new();
             }
-        }
-        if !reach.is_empty() {
-            out.extend(wire::encode_updates(
+            wire::encode_updates(
                 &UpdateMsg {
                     reach,
                     attrs: route.attrs.clone(),
                     ..Default::default()
                 },
                 codec,
-            ));
+            )
+        };
+        if v4.len() + v6.len() <= SHARED_ENCODING_MAX {
+            // A route with a prefix or two (what a reflector sends each client for each
+            // originator): the next peer with the same session settings reuses the bytes.
+            let key = wire::EncodeKey {
+                codec: *codec,
+                next_hop_v4: nh4,
+                next_hop_v6: nh6,
+                prefixes: v4.iter().chain(v6.iter()).copied().collect(),
+            };
+            out.extend(route.encoded.get_or(key, || encode(v4, v6)).iter().cloned());
+        } else {
+            out.extend(encode(v4, v6));
         }
     }
     for afi in &b.end_of_rib {
@@ -316,4 +335,69 @@ pub(crate) async fn connect(o: ConnectOpts) -> io::Result<TcpStream> {
     let std_stream: std::net::TcpStream = sock.into();
     let tsock = TcpSocket::from_std_stream(std_stream);
     tsock.connect(o.remote).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::PathAttrs;
+
+    fn batch(routes: Vec<(&str, &Arc<crate::policy::OutRoute>)>) -> OutBatch {
+        OutBatch {
+            routes: routes
+                .into_iter()
+                .map(|(p, r)| (p.parse().unwrap(), Some(r.clone())))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// What a reflector sends each client for one originator is encoded once and shared;
+    /// the bytes are those a fresh encoding gives, and a session that encodes differently
+    /// (2-octet AS numbers) gets its own.
+    #[test]
+    fn a_route_with_a_prefix_or_two_is_encoded_once_for_every_peer() {
+        let route = |asn| {
+            Arc::new(crate::policy::OutRoute::new(
+                PathAttrs {
+                    as_path: crate::wire::AsPath::sequence(vec![asn]),
+                    originator_id: Some("10.0.0.7".parse().unwrap()),
+                    ..Default::default()
+                },
+                OutNextHop::Unchanged(NextHop::V4("10.0.0.7".parse().unwrap())),
+            ))
+        };
+        let r = route(4_200_000_000);
+        let codec = Codec {
+            asn4: true,
+            extended_message: false,
+            ibgp: true,
+        };
+        let first = encode_batch(&batch(vec![("100.64.7.0/24", &r)]), &codec, None, None);
+        let kept = r.encoded.kept().unwrap();
+        let second = encode_batch(&batch(vec![("100.64.7.0/24", &r)]), &codec, None, None);
+        assert_eq!(first, second);
+        assert!(Arc::ptr_eq(&kept, &r.encoded.kept().unwrap()));
+        // The same as a route of its own, never shared, gives.
+        let fresh = encode_batch(
+            &batch(vec![("100.64.7.0/24", &route(4_200_000_000))]),
+            &codec,
+            None,
+            None,
+        );
+        assert_eq!(first, fresh);
+        // Another codec, another prefix: encoded anew.
+        let two = Codec {
+            asn4: false,
+            ..codec
+        };
+        assert_ne!(
+            encode_batch(&batch(vec![("100.64.7.0/24", &r)]), &two, None, None),
+            first
+        );
+        assert_ne!(
+            encode_batch(&batch(vec![("100.64.8.0/24", &r)]), &codec, None, None),
+            first
+        );
+    }
 }

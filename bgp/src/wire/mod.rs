@@ -140,6 +140,62 @@ impl Message {
     }
 }
 
+/// What decides the bytes of a route's UPDATE besides the route: the session's codec, the
+/// local next hops, and the prefixes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodeKey {
+    pub codec: Codec,
+    pub next_hop_v4: Option<NextHop>,
+    pub next_hop_v6: Option<NextHop>,
+    pub prefixes: smallvec::SmallVec<[ipnet::IpNet; 2]>,
+}
+
+/// One encoded UPDATE kept with an outgoing route, for the next peer that sends the same
+/// (same [`EncodeKey`]). Never part of a route's identity: equal and hashed as nothing.
+#[derive(Debug, Default)]
+pub struct EncodedOnce(std::sync::Mutex<Option<(EncodeKey, std::sync::Arc<[Vec<u8>]>)>>);
+
+impl EncodedOnce {
+    /// The messages for `key`: the kept ones when the key matches, else `encode`'s (kept
+    /// from then on in their place).
+    pub fn get_or(
+        &self,
+        key: EncodeKey,
+        encode: impl FnOnce() -> Vec<Vec<u8>>,
+    ) -> std::sync::Arc<[Vec<u8>]> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, m)) = g.as_ref()
+            && *k == key
+        {
+            return m.clone();
+        }
+        let m: std::sync::Arc<[Vec<u8>]> = encode().into();
+        *g = Some((key, m.clone()));
+        m
+    }
+
+    /// The messages kept now, if any.
+    pub fn kept(&self) -> Option<std::sync::Arc<[Vec<u8>]>> {
+        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_ref().map(|(_, m)| m.clone())
+    }
+}
+
+impl Clone for EncodedOnce {
+    fn clone(&self) -> Self {
+        EncodedOnce::default()
+    }
+}
+impl PartialEq for EncodedOnce {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for EncodedOnce {}
+impl std::hash::Hash for EncodedOnce {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
 /// What the session negotiated, which changes how messages are read and written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Codec {
