@@ -153,7 +153,10 @@ pub struct EncodeKey {
 /// One encoded UPDATE kept with an outgoing route, for the next peer that sends the same
 /// (same [`EncodeKey`]). Never part of a route's identity: equal and hashed as nothing.
 #[derive(Debug, Default)]
-pub struct EncodedOnce(std::sync::Mutex<Option<(EncodeKey, std::sync::Arc<[Vec<u8>]>)>>);
+pub struct EncodedOnce(std::sync::Mutex<Option<Kept>>);
+
+/// The key an encoding was made for, and its messages.
+type Kept = (EncodeKey, std::sync::Arc<[Vec<u8>]>);
 
 impl EncodedOnce {
     /// The messages for `key`: the kept ones when the key matches, else `encode`'s (kept
