@@ -17,6 +17,8 @@
 #   after_s  total_s - start_s: the reflector's part once the clients are up
 #   rss_mb   the reflector's resident memory then (VmRSS), and its peak (VmHWM)
 #   b/route  (VmRSS at the end - VmRSS before the clients) / (N x (N-1)) reflected routes
+#   settled  3 s later (both reflectors idle by then): VmRSS, its anonymous part (heap,
+#            stacks) and its file-backed part (the binary's pages read so far), and b/route
 # Clients share one namespace, so each announces a next hop that is on the LAN but not an
 # address of that namespace (else the others would refuse it as their own).
 # Neighbour entries are permanent on both sides: ~1000 dynamic ones would overflow the
@@ -37,6 +39,18 @@ ulimit -n "$(ulimit -Hn)"
 
 cleanup() {
   for ns in $C $R; do
+    # The daemons get TERM first and a moment to exit, so that a profiler wrapping the
+    # reflector can write its data out; then whatever is left goes.
+    for p in $(ip netns pids "$ns" 2>/dev/null); do
+      case "$(cat "/proc/$p/comm" 2>/dev/null)" in petrel | bird) kill "$p" 2>/dev/null || true ;; esac
+    done
+    for _ in $(seq 100); do
+      ip netns pids "$ns" 2>/dev/null | xargs -r -I{} cat /proc/{}/comm 2>/dev/null | grep -qxE 'petrel|bird' || break
+      sleep 0.1
+    done
+    sleep 1
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+    for _ in $(seq 100); do [ -z "$(ip netns pids "$ns" 2>/dev/null)" ] && break; sleep 0.1; done
     for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
     ip netns del "$ns" 2>/dev/null || true
   done
@@ -132,9 +146,14 @@ EOC
   done
   t_done=$(date +%s.%N)
   local end_kb hwm_kb; end_kb=$(rss_kb "$pid" VmRSS); hwm_kb=$(rss_kb "$pid" VmHWM)
-  awk -v s="$sut" -v n="$n" -v t0="$t0" -v up="$t_up" -v done="$t_done" -v b="$base_kb" -v e="$end_kb" -v h="$hwm_kb" 'BEGIN {
-    printf "sut=%s n=%d routes=%d start_s=%.2f total_s=%.2f after_s=%.2f rss_mb=%.1f hwm_mb=%.1f b/route=%.1f\n",
-      s, n, n * (n - 1), up - t0, done - t0, done - up, e / 1024, h / 1024, (e - b) * 1024 / (n * (n - 1)) }'
+  sleep 3
+  local set_kb anon_kb file_kb
+  set_kb=$(rss_kb "$pid" VmRSS); anon_kb=$(rss_kb "$pid" RssAnon); file_kb=$(rss_kb "$pid" RssFile)
+  awk -v s="$sut" -v n="$n" -v t0="$t0" -v up="$t_up" -v done="$t_done" -v b="$base_kb" -v e="$end_kb" -v h="$hwm_kb" \
+      -v st="$set_kb" -v an="$anon_kb" -v fi="$file_kb" 'BEGIN {
+    r = n * (n - 1)
+    printf "sut=%s n=%d routes=%d start_s=%.2f total_s=%.2f after_s=%.2f rss_mb=%.1f hwm_mb=%.1f b/route=%.1f settled: rss_mb=%.1f anon_mb=%.1f file_mb=%.1f b/route=%.1f\n",
+      s, n, r, up - t0, done - t0, done - up, e / 1024, h / 1024, (e - b) * 1024 / r, st / 1024, an / 1024, fi / 1024, (st - b) * 1024 / r }'
 }
 
 for n in "${SIZES[@]}"; do

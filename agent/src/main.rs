@@ -10,6 +10,7 @@ mod convert;
 mod display;
 mod fib;
 mod k8s;
+mod memory;
 mod mesh;
 mod metrics;
 mod msg;
@@ -90,19 +91,6 @@ fn init_logs(filter: &str, json: bool) {
     }
 }
 
-/// Keep resident memory close to what is in use: with glibc's default dynamic mmap
-/// threshold, large buffers freed after a table load (hash table growth, UPDATE batches)
-/// stay in the heap; a fixed threshold returns them to the system when freed, and two
-/// arenas are plenty for two worker threads.
-fn tune_allocator() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets allocator parameters; called before other threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -133,7 +121,7 @@ fn main() -> ExitCode {
             log,
         } => {
             init_logs(&log, log_json);
-            tune_allocator();
+            memory::tune_allocator();
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {

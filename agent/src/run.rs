@@ -217,6 +217,7 @@ async fn serve(opts: RunOpts, cfg: Config, started: Started) -> anyhow::Result<(
     .await
     .context("start the BGP speaker")?;
     tokio::spawn(crate::underlay::forward(underlay, speaker.clone()));
+    tokio::spawn(crate::memory::trim_task(std::time::Duration::from_secs(1)));
     speaker
         .set_peer_ranges(convert::peer_ranges(&cfg)?)
         .await

@@ -120,17 +120,6 @@ fn spawn_monitor(tag: RouteTag, ours: u32) -> std::io::Result<mpsc::Receiver<Opt
     Ok(rx)
 }
 
-/// Return freed heap memory to the system. After a large table load the allocator keeps the
-/// pages of the transient buffers (UPDATE batches, change lists, netlink messages) unless
-/// asked; resident memory per route is one of our product figures.
-fn release_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim has no preconditions; it only walks the allocator's own lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 async fn dump(tag: RouteTag) -> std::io::Result<Vec<KernelRoute>> {
     tokio::task::spawn_blocking(move || Netlink::open(tag)?.dump())
         .await
@@ -422,7 +411,7 @@ impl FibTask {
                 _ = tokio::time::sleep_until(trim_at.unwrap_or_else(Instant::now).into()), if trim_at.is_some() => {
                     trim_at = None;
                     // Walking the heap takes a while after a big load: not on this task.
-                    tokio::task::spawn_blocking(release_memory);
+                    tokio::task::spawn_blocking(crate::memory::release);
                 }
             }
             self.publish();

@@ -72,7 +72,7 @@ impl Conn {
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            let _ = events.send((id, ConnEvent::Malformed(e))).await;
+                            let _ = events.send((id, ConnEvent::Malformed(Box::new(e)))).await;
                             return;
                         }
                     }
@@ -161,8 +161,8 @@ async fn writer(
                         return;
                     }
                 }
-                Some(WriterMsg::Established { session, codec, next_hop_v4, next_hop_v6 }) => {
-                    up = Some((session, codec, next_hop_v4, next_hop_v6));
+                Some(WriterMsg::Established(e)) => {
+                    up = Some((e.session, e.codec, e.next_hop_v4, e.next_hop_v6));
                     more = true;
                 }
                 Some(WriterMsg::Close) | None => break,

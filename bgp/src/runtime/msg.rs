@@ -142,8 +142,9 @@ pub(crate) struct ConnId {
 pub(crate) enum ConnEvent {
     /// One whole message (header included).
     Message(Bytes),
-    /// The byte stream cannot be framed; the error carries the NOTIFICATION.
-    Malformed(DecodeError),
+    /// The byte stream cannot be framed; the error carries the NOTIFICATION (boxed: rare,
+    /// and large beside the others).
+    Malformed(Box<DecodeError>),
     /// End of stream or a socket error.
     Closed(Option<std::io::Error>),
 }
@@ -153,15 +154,19 @@ pub(crate) enum ConnEvent {
 /// [`OutQueue`], at the pace of the peer's TCP window.
 pub(crate) enum WriterMsg {
     Data(Vec<u8>),
-    /// The session is Established on this connection: drain the peer's [`OutQueue`] for
-    /// `session` with this codec and these next hops for [`crate::policy::OutNextHop::Local`].
-    Established {
-        session: u64,
-        codec: Codec,
-        next_hop_v4: Option<NextHop>,
-        next_hop_v6: Option<NextHop>,
-    },
+    /// The session is Established on this connection (boxed: once per session, and the
+    /// channel allocates its slots at the size of the largest variant).
+    Established(Box<Established>),
     Close,
+}
+
+/// Drain the peer's [`OutQueue`] for `session` with this codec and these next hops for
+/// [`crate::policy::OutNextHop::Local`].
+pub(crate) struct Established {
+    pub session: u64,
+    pub codec: Codec,
+    pub next_hop_v4: Option<NextHop>,
+    pub next_hop_v6: Option<NextHop>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -476,5 +481,24 @@ pub(crate) struct AliveGuard<'a>(pub &'a AtomicBool);
 impl Drop for AliveGuard<'_> {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every peer has its own command, connection-event and writer channels, and a tokio
+    /// channel allocates its first block of 32 slots when it is made: with a thousand peers
+    /// each byte of a message is 32 kB of resident memory. Rare, large variants are boxed.
+    #[test]
+    fn per_peer_messages_stay_small() {
+        assert!(
+            std::mem::size_of::<WriterMsg>() <= 24,
+            "{}",
+            std::mem::size_of::<WriterMsg>()
+        );
+        assert!(std::mem::size_of::<(ConnId, ConnEvent)>() <= 56);
+        assert!(std::mem::size_of::<PeerCmd>() <= 56);
     }
 }

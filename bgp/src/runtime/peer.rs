@@ -113,7 +113,8 @@ impl PeerTask {
             start_deferred: false,
         };
         let span = tracing::info_span!("peer", peer = %cfg.name, remote_as = cfg.remote_asn, addr = %cfg.address);
-        let handle = tokio::spawn(tracing::Instrument::instrument(task.run(rx, conn_rx), span));
+        let run = Box::new(task).run(rx, conn_rx);
+        let handle = tokio::spawn(tracing::Instrument::instrument(run, span));
         PeerHandle {
             id,
             cfg,
@@ -123,8 +124,10 @@ impl PeerTask {
         }
     }
 
+    /// `self` boxed: an async fn keeps its arguments in its state beside the locals they
+    /// are moved into, so a task by value would carry two copies for its whole life.
     async fn run(
-        mut self,
+        mut self: Box<Self>,
         mut cmds: mpsc::Receiver<PeerCmd>,
         mut conn_rx: mpsc::Receiver<(ConnId, ConnEvent)>,
     ) {
@@ -139,7 +142,9 @@ impl PeerTask {
                 cmd = cmds.recv() => {
                     let Some(cmd) = cmd else { break };
                     if let Some(done) = self.command(cmd) {
-                        self.flush_pending().await;
+                        // Boxed: once per task, and inline it would make every peer's
+                        // task larger for its whole life.
+                        Box::pin(self.flush_pending()).await;
                         let _ = done.send(());
                         break;
                     }
@@ -414,7 +419,7 @@ impl PeerTask {
             }
             ConnEvent::Malformed(e) => {
                 warn!(error = %e, "malformed message");
-                self.input(Input::Malformed(id.dir, e));
+                self.input(Input::Malformed(id.dir, *e));
             }
             ConnEvent::Closed(err) => {
                 if let Some(e) = err {
@@ -597,12 +602,12 @@ impl PeerTask {
             local_addresses: self.local_addresses(),
         });
         if let Some(c) = &self.conns[slot(d)] {
-            c.established(WriterMsg::Established {
+            c.established(WriterMsg::Established(Box::new(super::msg::Established {
                 session: self.session,
                 codec: n.codec,
                 next_hop_v4: nh4,
                 next_hop_v6: nh6,
-            });
+            })));
         }
         self.negotiated = Some(n);
         self.up_dir = Some(d);
